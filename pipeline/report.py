@@ -133,8 +133,12 @@ def _csv_text(header: list[str], rows: list[dict]) -> str:
     return "\ufeff" + buffer.getvalue()
 
 
+def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
+    write_atomic(path, _csv_text(header, rows))
+
+
 def write_batch_csv(calls: list[Call], path: Path) -> None:
-    write_atomic(path, _csv_text(*batch_rows(calls)))
+    write_csv(path, *batch_rows(calls))
 
 
 def agent_summary_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
@@ -166,5 +170,5 @@ def write_agent_summary(calls: list[Call], path: Path) -> bool:
     header, rows = agent_summary_rows(calls)
     if not rows:
         return False
-    write_atomic(path, _csv_text(header, rows))
+    write_csv(path, header, rows)
     return True
