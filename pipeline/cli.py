@@ -1,10 +1,11 @@
 """The `callqa` command line.
 
-    callqa score PATH... [--config FILE] [--out DIR] [--meta agents.csv]
+    callqa score PATH... [--config FILE] [--out DIR] [--meta agents.csv] [--store DB]
 
 Scores every transcript found (folders are searched recursively) and writes
 DIR/calls/<id>.json and .html, DIR/scores.csv, DIR/agents.csv (when agent ids
-are known) and DIR/errors.csv. A file that cannot be read gets one error line
+are known) and DIR/errors.csv, and saves every call in the results store
+(DIR/callqa.db by default; a SQLAlchemy URL such as postgresql+psycopg://... works too). A file that cannot be read gets one error line
 and the batch carries on; the exit code is non-zero only when nothing could be
 scored.
 """
@@ -24,6 +25,7 @@ from pipeline.readers import TRANSCRIPT_SUFFIXES, ReadError, decode_text
 from pipeline.report import write_agent_summary, write_atomic, write_batch_csv, write_call
 from pipeline.scorecard import ScorecardError
 from pipeline.scoring import Scorer
+from pipeline.store import Store, StoreError, file_sha256
 from pipeline.taggers.lexicon import LexiconError
 
 
@@ -61,10 +63,11 @@ def score_command(args: argparse.Namespace) -> int:
     try:
         scorer = Scorer(load_config(args.config))
         meta = read_metadata(Path(args.meta)) if args.meta else {}
-    except (ConfigError, ScorecardError, LexiconError, ReadError) as err:
+        out = Path(args.out)
+        store = Store(args.store or out / "callqa.db")
+    except (ConfigError, ScorecardError, LexiconError, ReadError, StoreError) as err:
         print(f"callqa: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     inputs = find_inputs(args.paths)
     if not inputs:
         print("callqa: no transcripts (.json, .txt, .csv) found in the given paths", file=sys.stderr)
@@ -82,6 +85,7 @@ def score_command(args: argparse.Namespace) -> int:
             _apply_metadata(call, meta)
             scorer.score(call)
             write_call(call, out)
+            store.save_call(call, file_sha256(path), scorer.config_version)
             scored.append(call)
     write_batch_csv(scored, out / "scores.csv")
     has_agents = write_agent_summary(scored, out / "agents.csv")
@@ -89,7 +93,7 @@ def score_command(args: argparse.Namespace) -> int:
         f'"{p}","{m.replace(chr(34), chr(39))}"\n' for p, m in errors))
     print(f"scored {len(scored)} call(s) from {len(inputs) - len(errors)} file(s); "
           f"{len(errors)} file(s) failed. Results in {out}/ (scores.csv"
-          f"{', agents.csv' if has_agents else ''}, calls/*.json, calls/*.html)")
+          f"{', agents.csv' if has_agents else ''}, calls/*.json, calls/*.html); store {store.url}")
     return 0 if scored else 1
 
 
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--config", help="pipeline config YAML (default: configs/pipeline.yaml)")
     score.add_argument("--out", default="out", help="output folder (default: out)")
     score.add_argument("--meta", help="CSV with call_id, agent_id, team, date for calls that lack them")
+    score.add_argument("--store", help="results store: SQLite file or database URL (default: OUT/callqa.db)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(run=score_command)
     return parser

@@ -6,6 +6,8 @@ batch builds it once; `Scorer.score(call)` runs the stages on one call.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,20 @@ from pipeline.scorecard import Scorecard, load_scorecard, score_call
 from pipeline.taggers import Tagger, load_tagger, tag_call
 
 
+def config_version(config: dict) -> str:
+    """A short fingerprint of the settings, scorecard and lexicon: a stored call
+    scored under another fingerprint is scored again by a resumed batch."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not k.startswith("_")},
+                                       sort_keys=True, ensure_ascii=False).encode())
+    files = [config_path(config, config["scorecard"])]
+    lexicon = config_path(config, config["tagger"]["lexicon_dir"])
+    if lexicon.is_dir():
+        files += sorted(p for p in lexicon.rglob("*") if p.is_file())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class Scorer:
     def __init__(self, config: dict | None = None, tagger: Tagger | None = None,
                  scorecard: Scorecard | None = None):
@@ -28,6 +44,7 @@ class Scorer:
         self.roles = RoleMap(self.config["roles"])
         pattern = self.config.get("agent_id_from_filename")
         self.agent_pattern = re.compile(pattern) if pattern else None
+        self.config_version = config_version(self.config)
 
     def read(self, path: str | Path) -> list[Call]:
         calls = read_calls(path, self.roles)

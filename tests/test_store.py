@@ -1,0 +1,191 @@
+"""The results store: round trip, replacement, filters, verdicts, migrations,
+crash consistency and concurrent writers, on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.store import Store, StoreError, iso_week, metadata
+
+REPO_ROOT = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+_db_counter = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "store" / "callqa.db")
+    server = request.getfixturevalue("postgres_url")
+    name = f"callqa_test_{next(_db_counter)}"
+    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
+def _count(store: Store, table: str, call_id: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE call_id = :c"), {"c": call_id}).scalar()
+
+
+def test_round_trip_filters_and_replacement(store_url, sample_calls):
+    store = Store(store_url)
+    for call, sha in sample_calls:
+        store.save_call(call, sha, "cfg-1")
+    assert len(store.call_ids()) == len(sample_calls)
+    call, sha = next((c, s) for c, s in sample_calls if c.id == "telecom_bad_interrupt_01")
+    assert store.get_call(call.id) == call
+    assert _count(store, "turns", call.id) == len(call.turns)
+    assert _count(store, "tags", call.id) == len(call.tags)
+    assert store.find_scored(call.id, sha, "cfg-1")
+    assert not store.find_scored(call.id, sha, "cfg-2")
+    assert not store.find_scored(call.id, "0" * 64, "cfg-1")
+
+    # Filters: each one narrows to calls that really have the property.
+    interrupted = {s.id for s in store.list_calls(flag="interruption")}
+    assert call.id in interrupted
+    assert interrupted == {c.id for c, _ in sample_calls if any(e.kind == "interruption" for e in c.events)}
+    failing = store.list_calls(grade="不合格")
+    assert failing and all(s.grade == "不合格" for s in failing)
+    listening = {s.id for s in store.list_calls(dimension="listening")}
+    assert listening == {c.id for c, _ in sample_calls
+                         if any(r.status == "deduct" for r in c.scores.dimensions["listening"].results)}
+    a023 = store.list_calls(agent="A023", week="2026-W47")
+    assert a023 and all(s.agent_id == "A023" and s.week == "2026-W47" for s in a023)
+    assert store.list_calls(agent="A023", week="2020-W01") == []
+    assert "interruption" in store.facets()["flag"]
+
+    # A verdict survives re-scoring; the new version replaces every row of the old one.
+    store.record_verdict(call.id, "tag:rigid:2:0:4", "rigid", "reject", turn_id=2, reason="wrong_tag", note="ok")
+    shorter = call.model_copy(deep=True)
+    shorter.turns, shorter.tags = shorter.turns[:3], [t for t in shorter.tags if t.turn_id < 3]
+    store.save_call(shorter, sha, "cfg-2")
+    assert store.get_call(call.id) == shorter
+    assert _count(store, "turns", call.id) == 3
+    assert store.find_scored(call.id, sha, "cfg-2") and not store.find_scored(call.id, sha, "cfg-1")
+    assert [v.reason for v in store.verdicts(call.id)] == ["wrong_tag"]
+    store.close()
+
+
+def test_bad_verdicts_and_unscored_calls_are_refused(tmp_path, sample_calls):
+    store = Store(tmp_path / "callqa.db")
+    call, sha = sample_calls[0]
+    with pytest.raises(StoreError, match="no call"):
+        store.record_verdict("nope", "k", "rigid", "reject")
+    store.save_call(call, sha, "c")
+    with pytest.raises(StoreError, match="verdict must be"):
+        store.record_verdict(call.id, "k", "rigid", "maybe")
+    with pytest.raises(StoreError, match="reason must be"):
+        store.record_verdict(call.id, "k", "rigid", "reject", reason="dunno")
+    unscored = call.model_copy(update={"scores": None})
+    with pytest.raises(StoreError, match="only scored calls"):
+        store.save_call(unscored, sha, "c")
+    with pytest.raises(KeyError):
+        store.get_call("nope")
+
+
+def test_migrations_create_exactly_the_declared_schema(store_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    store = Store(store_url)
+    assert store.schema_version() == "0001"
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    Store(store_url).close()  # reopening an up-to-date store changes nothing
+    store.close()
+
+
+def test_iso_week():
+    assert iso_week("2026-11-16") == "2026-W47"
+    assert iso_week("2026-11-16 09:30:00") == "2026-W47"
+    assert iso_week("next tuesday") is None and iso_week(None) is None
+
+
+# A writer that saves a large call over and over, alternating two versions, until killed.
+_WRITER = """
+import sys
+from pipeline.scoring import Scorer
+from pipeline.store import Store
+scorer = Scorer()
+call = scorer.score(scorer.read("samples/calls/telecom_bad_interrupt_01.json")[0])
+big = call.model_copy(deep=True)
+n = len(call.turns)
+for k in range(1, 150):   # a long call: each save is one big transaction
+    for t in call.turns:
+        big.turns.append(t.model_copy(update={"id": t.id + k * n}))
+    big.tags += [g.model_copy(update={"turn_id": g.turn_id + k * n}) for g in call.tags]
+store = Store(sys.argv[1])
+print("ready", flush=True)
+for i in range(10**6):
+    version = big if i % 2 else call
+    store.save_call(version, "sha", f"v{i}")
+"""
+
+
+def _consistent(store: Store) -> list[str]:
+    """Every stored call's rows agree with its JSON, read in one transaction (one snapshot)."""
+    problems = []
+    with store.engine.connect() as conn:
+        for call_id, text in conn.execute(sa.text("SELECT id, call_json FROM calls")):
+            call = json.loads(text)
+            expected = dict(turns=len(call["turns"]), tags=len(call["tags"]),
+                            rule_results=sum(len(d["results"]) for d in call["scores"]["dimensions"].values()))
+            for table, n in expected.items():
+                rows = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE call_id = :c"),
+                                    {"c": call_id}).scalar()
+                if rows != n:
+                    problems.append(f"{call_id}: {rows} {table} rows, the stored JSON has {n}")
+    return problems
+
+
+@pytest.mark.slow
+def test_killed_writer_leaves_the_store_consistent(tmp_path):
+    path = str(tmp_path / "callqa.db")
+    for delay in (0.3, 0.7, 1.1, 1.6):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, path], cwd=REPO_ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)  # no cleanup, no rollback: a crash
+        writer.wait()
+        store = Store(path)
+        assert store.call_ids() == ["telecom_bad_interrupt_01"]
+        assert _consistent(store) == []
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        store.close()
+
+
+@pytest.mark.slow
+def test_concurrent_writers_and_a_reader(tmp_path, sample_calls):
+    """Two processes saving while this one records verdicts and reads: nothing fails, nothing tears."""
+    path = str(tmp_path / "callqa.db")
+    store = Store(path)
+    call, sha = sample_calls[0]
+    store.save_call(call, sha, "c")
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, path], cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for w in writers:
+        assert w.stdout.readline().strip() == "ready"
+    deadline = time.time() + 3
+    verdict_count = 0
+    while time.time() < deadline:
+        store.record_verdict(call.id, "tag:x", "rigid", "confirm")
+        verdict_count += 1
+        assert _consistent(store) == []
+    for w in writers:
+        assert w.poll() is None, "a writer died while others were writing"
+        w.send_signal(signal.SIGKILL)
+        w.wait()
+    assert len(store.verdicts(call.id)) == verdict_count
+    assert _consistent(store) == []
