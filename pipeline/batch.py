@@ -7,7 +7,7 @@ optionally call_id, agent_id, team, date, industry, channel_layout (agent_left,
 agent_right or mono) and human scores (`human_total`, `human_<dimension>`). The
 run folder RUN holds everything:
 
-    store.db      every scored call (pipeline/store.py): the record of what is done
+    callqa.db     every scored call (pipeline/store.py): the record of what is done
     calls/        per-call JSON and HTML
     scores.csv    one row per call of this run
     errors.csv    what failed: path, call_id, stage, message
@@ -27,17 +27,19 @@ scored once.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import psutil
@@ -47,10 +49,10 @@ from pipeline import __version__
 from pipeline.config import load_config
 from pipeline.model import Call
 from pipeline.readers import ReadError, decode_text
-from pipeline.report import batch_rows, write_call, write_csv
+from pipeline.report import write_call, write_csv
 from pipeline.scoring import Scorer
 from pipeline.store import Store, file_sha256
-from pipeline.weekly import summarize, write_weekly_report
+from pipeline.weekly import read_previous, summarize, write_weekly_report
 
 try:  # optional: without the speech stage, audio files become error rows
     from pipeline import transcribe as speech
@@ -323,7 +325,12 @@ def run_local(items: Iterable[Item], workers: int, config_path: str | None,
                     item, retrying = suspects.pop(), True
                 elif (item := next(items, None)) is None:
                     break
-                in_flight[pool.submit(_process_in_worker, item)] = item
+                try:
+                    future = pool.submit(_process_in_worker, item)
+                except BrokenProcessPool as err:  # a worker died since the last look
+                    future = Future()
+                    future.set_exception(err)
+                in_flight[future] = item
             if not in_flight:
                 return
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -338,8 +345,7 @@ def run_local(items: Iterable[Item], workers: int, config_path: str | None,
                     continue
                 except Exception as err:  # e.g. a result that cannot be sent back
                     outcome = Outcome(item, errors=[ErrorRow(item.path, "worker", _message(err))])
-                if retrying:
-                    retrying = False
+                retrying = False
                 yield outcome
             if broken:
                 lost = list(in_flight.values())
@@ -359,8 +365,15 @@ def run_local(items: Iterable[Item], workers: int, config_path: str | None,
 
 
 def _new_pool(workers: int, config_path: str | None, threads: int) -> ProcessPoolExecutor:
-    # spawn, not fork: a forked copy of a process holding threads (tqdm, torch) can deadlock.
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
+    # Workers fork from a server process that imported once what the driver's
+    # Stages imported (seconds, for spaCy), not from the driver itself: a fork of
+    # a process running threads (tqdm, SQLite, torch) can deadlock. Windows has only spawn.
+    if "forkserver" in get_all_start_methods():
+        context = get_context("forkserver")
+        context.set_forkserver_preload(sorted(name for name in sys.modules if name.startswith("pipeline.")))
+    else:
+        context = get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(config_path, threads))
 
 
@@ -451,10 +464,10 @@ def version_keys(stages: Stages) -> dict[str, str]:
     scored under other versions is scored again."""
     scorer = stages.scorer
     text = f"callqa {__version__}; config {scorer.config_version}; tagger {scorer.tagger.name}"
-    audio = text
-    if speech is not None:
-        audio += f"; speech {speech.config_version(speech.load_speech_config(stages.config_path))}"
-    return {"text": text, "audio": audio}
+    if speech is None:
+        return {"text": text, "audio": text}
+    settings = json.dumps(speech.load_speech_config(stages.config_path), sort_keys=True, ensure_ascii=False)
+    return {"text": text, "audio": f"{text}; speech {hashlib.sha256(settings.encode()).hexdigest()[:16]}"}
 
 
 def run_batch(input_path: str | Path, out_dir: str | Path, *, workers: int | None = None,
@@ -472,13 +485,17 @@ def run_batch(input_path: str | Path, out_dir: str | Path, *, workers: int | Non
     log.setLevel(logging.INFO)
     try:
         stages = Stages(config_path)  # in the driver too: a bad config stops here, before any worker
+        if previous:
+            read_previous(Path(previous))  # a wrong --previous fails now, not after hours of scoring
         items, errors = find_items(input_path, out_dir)
         versions = version_keys(stages)
         workers = workers or (None if engine == "ray" and ray_address else default_workers(items, stages.config))
         log.info("run: %s -> %s, %d file(s), engine %s, workers %s; versions %s",
                  input_path, out_dir, len(items), engine, workers or "cluster", versions)
-        summary = Summary(errors=list(errors), workers=workers or 0)
-        recorder = _Recorder(Store(out_dir / "store.db"), out_dir, versions, summary)
+        summary = Summary(workers=workers or 0)
+        recorder = _Recorder(Store(out_dir / "callqa.db"), out_dir, versions, summary)
+        for error in errors:
+            recorder.fail(error)
         bar = tqdm(total=len(items), unit="file", desc="batch", disable=not progress, dynamic_ncols=True)
         to_process = recorder.unfinished(items, bar)
         in_flight = stages.config["batch"]["in_flight_per_worker"]
@@ -522,7 +539,7 @@ class _Recorder:
             try:
                 item.sha256 = file_sha256(item.path)
             except OSError as err:
-                self._fail(ErrorRow(item.path, "read", f"{item.path}: cannot read: {err.strerror}"))
+                self.fail(ErrorRow(item.path, "read", f"{item.path}: cannot read: {err.strerror}"))
                 bar.update(1)
                 continue
             item.done_ids = frozenset(self.store.scored_ids(item.sha256, self.version(item)))
@@ -537,7 +554,7 @@ class _Recorder:
         for stage, seconds in outcome.seconds.items():
             self._add_time(stage, seconds)
         for error in outcome.errors:
-            self._fail(error)
+            self.fail(error)
         for call_id in outcome.skipped:
             if self._claim(call_id, item):
                 self.summary.skipped += 1
@@ -560,7 +577,7 @@ class _Recorder:
         """Call ids are the key of everything: a second file with the same id is an error."""
         other = self.sources.setdefault(call_id, item.path)
         if other != item.path:
-            self._fail(ErrorRow(item.path, "write", f"{item.path}: call id {call_id!r} is already used "
+            self.fail(ErrorRow(item.path, "write", f"{item.path}: call id {call_id!r} is already used "
                                 f"by {other}; call ids must be unique in a batch", call_id))
             return False
         return True
@@ -571,7 +588,7 @@ class _Recorder:
                                            source=item.path)
         self.reported.append(summarize(call))
 
-    def _fail(self, error: ErrorRow) -> None:
+    def fail(self, error: ErrorRow) -> None:
         self.summary.errors.append(error)
         log.warning("failed %s%s at %s: %s", error.path, f" ({error.call_id})" if error.call_id else "",
                     error.stage, error.message)

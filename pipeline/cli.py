@@ -1,6 +1,7 @@
 """The `callqa` command line.
 
     callqa score PATH... [--config FILE] [--out DIR] [--meta agents.csv] [--store DB]
+    callqa batch INPUT --out RUN [--workers N] [--engine local|ray] [--previous RUN]
 
 Scores every transcript found (folders are searched recursively) and writes
 DIR/calls/<id>.json and .html, DIR/scores.csv, DIR/agents.csv (when agent ids
@@ -8,6 +9,9 @@ are known) and DIR/errors.csv, and saves every call in the results store
 (DIR/callqa.db by default; a SQLAlchemy URL such as postgresql+psycopg://... works too). A file that cannot be read gets one error line
 and the batch carries on; the exit code is non-zero only when nothing could be
 scored.
+
+`callqa batch` is the weekly job: resumable, parallel, with a report for QA
+leads; see pipeline/batch.py. Its exit code is 1 when any file or call failed.
 """
 
 from __future__ import annotations
@@ -97,6 +101,25 @@ def score_command(args: argparse.Namespace) -> int:
     return 0 if scored else 1
 
 
+def batch_command(args: argparse.Namespace) -> int:
+    from pipeline.batch import BatchError, run_batch
+    from pipeline.weekly import PreviousRunError
+
+    try:
+        summary = run_batch(args.input, args.out, workers=args.workers, engine=args.engine,
+                            ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                            previous=args.previous, config_path=args.config, progress=not args.quiet)
+    except (BatchError, PreviousRunError, ConfigError, ScorecardError, LexiconError, StoreError) as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
+    stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in summary.stage_seconds.items())
+    print(f"{summary.scored} scored, {summary.skipped} skipped (already scored), {summary.failed} failed "
+          f"in {summary.seconds:.1f} s with {summary.workers or 'cluster'} worker(s) "
+          f"({summary.calls_per_hour:.0f} calls/hour). Seconds per stage: {stages}.\n"
+          f"Results in {args.out}/: report.html, scores.csv, errors.csv, calls/, callqa.db, batch.log")
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callqa", description="Quality scoring for Chinese call-center calls.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--store", help="results store: SQLite file or database URL (default: OUT/callqa.db)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(run=score_command)
+
+    batch = commands.add_parser("batch", help="score a week of calls into a run folder; resumable")
+    batch.add_argument("input", help="folder of transcripts/recordings, or a manifest CSV with a path column")
+    batch.add_argument("--out", required=True, help="run folder: store, per-call files, CSVs, report, log")
+    batch.add_argument("--workers", type=int, help="parallel workers (default: one per core, "
+                       "fewer for audio when memory is short; with --ray-address: the cluster's CPUs)")
+    batch.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local process pool, or Ray actors (pip install ray)")
+    batch.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
+    batch.add_argument("--gpus-per-worker", type=float,
+                       help="GPUs per Ray worker (default: 1 when the cluster has GPUs and there is audio)")
+    batch.add_argument("--previous", help="an earlier run folder: the report shows each agent's change")
+    batch.add_argument("--config", help="pipeline config YAML (default: configs/pipeline.yaml)")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(run=batch_command)
     return parser
 
 

@@ -317,6 +317,14 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query).first() is not None
 
+    def scored_ids(self, input_sha256: str, config_version: str) -> set[str]:
+        """Ids of the calls already scored from this input with this config; a
+        transcript file may hold several calls, and its ids are known only once read."""
+        query = sa.select(calls.c.id).where(calls.c.input_sha256 == input_sha256,
+                                            calls.c.config_version == config_version)
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
     def get_call(self, call_id: str) -> Call:
         with self.engine.connect() as conn:
             text = conn.execute(sa.select(calls.c.call_json).where(calls.c.id == call_id)).scalar()
