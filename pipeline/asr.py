@@ -15,6 +15,7 @@ with the guards Whisper's users found necessary:
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
@@ -28,6 +29,7 @@ from pipeline import whisper_models
 from pipeline.model import Word
 
 PUNCTUATION = re.compile(r"[\s\u3000-\u303f\uff00-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65,.!?;:'\"()\[\]{}<>…—-]+")
+WHISPER_WINDOW_SECONDS = 30
 _t2s = OpenCC("t2s")
 
 
@@ -68,6 +70,7 @@ class FasterWhisperRecognizer:
         )
 
     def transcribe(self, samples: np.ndarray, initial_prompt: str | None) -> list[Segment]:
+        one_window = _fits_one_window(samples)
         segments, _ = self.model.transcribe(
             samples,
             language=self.config["language"],
@@ -77,7 +80,10 @@ class FasterWhisperRecognizer:
             condition_on_previous_text=False,  # a loop in one window must not feed the next
             compression_ratio_threshold=self.config["guards"]["compression_ratio_above"],
             vad_filter=False,  # the caller hands over speech only
+            without_timestamps=one_window,
         )
+        if one_window:
+            segments = itertools.islice(segments, 1)  # the generator never decodes the tail again
         return [
             Segment(
                 start=s.start,
@@ -105,6 +111,7 @@ class OpenAIWhisperRecognizer:
     def transcribe(self, samples: np.ndarray, initial_prompt: str | None) -> list[Segment]:
         import whisper
 
+        one_window = _fits_one_window(samples)
         result = whisper.transcribe(
             self.model,
             samples,
@@ -117,7 +124,10 @@ class OpenAIWhisperRecognizer:
             compression_ratio_threshold=self.config["guards"]["compression_ratio_above"],
             fp16=False,
             verbose=None,
+            without_timestamps=one_window,
         )
+        if one_window:
+            segments = itertools.islice(segments, 1)  # the generator never decodes the tail again
         return [
             Segment(
                 start=s["start"],
@@ -131,8 +141,19 @@ class OpenAIWhisperRecognizer:
                     for w in s.get("words", [])
                 ],
             )
-            for s in result["segments"]
+            for s in result["segments"][: 1 if one_window else None]
         ]
+
+
+def _fits_one_window(samples: np.ndarray) -> bool:
+    """Audio that fits Whisper's 30 s window is decoded whole, as one segment.
+
+    Both implementations then decode the audio after the last word again as a new
+    window, and on that fraction of a second of near-silence Whisper hallucinates
+    ("字幕…", "请按赏订阅"): only the first segment is kept. Word times still come
+    from the cross-attention alignment.
+    """
+    return len(samples) <= WHISPER_WINDOW_SECONDS * 16000
 
 
 def load_recognizer(config: dict) -> Recognizer:
