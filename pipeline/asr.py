@@ -126,8 +126,6 @@ class OpenAIWhisperRecognizer:
             verbose=None,
             without_timestamps=one_window,
         )
-        if one_window:
-            segments = itertools.islice(segments, 1)  # the generator never decodes the tail again
         return [
             Segment(
                 start=s["start"],
