@@ -1,0 +1,228 @@
+"""Speech stage on the generated two-speaker calls in tests/data/audio.
+
+The calls (benchmarks/make_test_calls.py) are TTS speech with a planned script:
+call A has the agent on channel 0 cutting in over the customer; call B, 8 kHz
+G.711, has the agent on channel 1 and the customer talking over the agent.
+Each WAV has its ground truth beside it as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import roles
+from pipeline.asr import cut_loops
+from pipeline.audio import AudioError, load_audio
+from pipeline.cer import cer
+from pipeline.transcribe import load_speech_config, overlap_events
+from pipeline.vad import speech_regions
+
+AUDIO = Path(__file__).parent / "data" / "audio"
+CALLS = ["call_a_stereo_16k", "call_a_mono_16k", "call_b_stereo_8k_ulaw", "call_b_mono_8k_alaw"]
+# Bounds measured on these calls (TTS voice, Whisper base int8) with some margin.
+MAX_CER_STEREO = 0.15
+MAX_CER_MONO = 0.30
+EVENT_TIME_TOLERANCE = 0.3
+
+
+def truth(name: str) -> dict:
+    return json.loads((AUDIO / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def agent_channel(name: str) -> int | None:
+    return truth(name)["agent_channel"]
+
+
+# ---------------------------------------------------------------- audio files
+
+
+def test_8khz_mulaw_is_read_and_resampled():
+    audio = load_audio(AUDIO / "call_b_stereo_8k_ulaw.wav")
+    assert audio.source_sample_rate == 8000 and audio.codec == "ULAW"
+    assert audio.channels == 2 and audio.samples.dtype == np.float32
+    assert abs(audio.duration - 15.74) < 0.05
+
+
+@pytest.mark.parametrize("suffix, args", [(".mp3", ["-c:a", "libmp3lame"]), (".m4a", ["-c:a", "aac"]), (".amr", ["-ar", "8000", "-ac", "1", "-c:a", "libopencore_amrnb", "-b:a", "12.2k"])])
+def test_compressed_formats_decode_through_packaged_ffmpeg(tmp_path, suffix, args):
+    import imageio_ffmpeg
+
+    source = AUDIO / "call_a_stereo_16k.wav"
+    encoded = tmp_path / f"call{suffix}"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(source), *args, str(encoded)], check=True)
+    audio = load_audio(encoded)
+    reference = load_audio(source)
+    assert abs(audio.duration - reference.duration) < 0.1
+    assert audio.channels == (1 if suffix == ".amr" else 2)
+
+
+def write_pcm(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes((samples * 32767).astype("<i2").tobytes())
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    cases = {}
+    cases["missing"] = tmp_path / "missing.wav"
+    cases["empty"] = tmp_path / "empty.wav"
+    cases["empty"].write_bytes(b"")
+    cases["not audio"] = tmp_path / "notes.mp3"
+    cases["not audio"].write_text("这不是音频文件", encoding="utf-8")
+    cases["silent"] = tmp_path / "silent.wav"
+    write_pcm(cases["silent"], np.zeros(16000))
+    cases["no samples"] = tmp_path / "header_only.wav"
+    write_pcm(cases["no samples"], np.zeros(0))
+    cases["truncated"] = tmp_path / "truncated.wav"
+    whole = (AUDIO / "call_a_mono_16k.wav").read_bytes()
+    cases["truncated"].write_bytes(whole[: len(whole) // 2])
+    expected = {
+        "missing": "no such file",
+        "empty": "empty file",
+        "not audio": "not a readable audio file",
+        "silent": "silent",
+        "no samples": "no audio samples",
+        "truncated": "truncated",
+    }
+    for case, path in cases.items():
+        with pytest.raises(AudioError) as error:
+            load_audio(path)
+        assert str(path) in str(error.value) and expected[case] in str(error.value), case
+
+
+# ------------------------------------------------------- speech activity, roles
+
+
+@pytest.mark.parametrize("name", ["call_a_stereo_16k", "call_b_stereo_8k_ulaw"])
+def test_overlaps_come_from_channel_activity(name):
+    """Each planned overlap is found within 0.3 s, and none where none was planned."""
+    config = load_speech_config()
+    audio = load_audio(AUDIO / f"{name}.wav")
+    activity = [speech_regions(audio.samples[c], config["vad"]) for c in (0, 1)]
+    agent = agent_channel(name)
+    events = overlap_events(activity[agent], activity[1 - agent], config["min_overlap_seconds"], [])
+    planned = truth(name)["overlaps"]
+    assert len(events) == len(planned)
+    for event, plan in zip(events, planned):
+        assert (event.kind, event.role) == (plan["kind"], plan["role"])
+        assert abs(event.start - plan["start"]) <= EVENT_TIME_TOLERANCE
+        assert abs(event.end - plan["end"]) <= EVENT_TIME_TOLERANCE
+
+
+def test_agent_is_the_speaker_with_service_wording():
+    config = load_speech_config()["roles"]
+    texts = {"S0": ["喂，你好", "我的订单怎么还没到"], "S1": ["您好，很高兴为您服务，工号三八二七", "请稍等"]}
+    decision = roles.decide_agent(texts, first_speaker="S0", config=config)
+    assert decision.agent == "S1" and decision.confidence > 0.9
+    # Without wording, who speaks first decides, with low confidence.
+    decision = roles.decide_agent({"S0": ["嗯"], "S1": ["嗯"]}, first_speaker="S1", config=config)
+    assert decision.agent == "S1" and 0.5 < decision.confidence < 0.7
+
+
+def test_repeated_phrase_loops_are_cut():
+    assert cut_loops("好的好的好的好的好的好的好的", 12, 4) == "好的"
+    assert cut_loops("对对对，是这样", 12, 4) == "对对对，是这样"
+    assert cut_loops("您好请问有什么可以帮您请问有什么可以帮您请问有什么可以帮您请问有什么可以帮您请问有什么可以帮您", 12, 4) == "您好请问有什么可以帮您"
+
+
+# ------------------------------------------------------------ the whole stage
+
+
+@pytest.fixture(scope="module")
+def calls():
+    from pipeline.asr import load_recognizer
+    from pipeline.transcribe import transcribe_file
+
+    config = load_speech_config()
+    recognizer = load_recognizer(config)
+    return {name: transcribe_file(AUDIO / f"{name}.wav", config, recognizer, agent_channel=agent_channel(name)) for name in CALLS}
+
+
+def transcript_cer(call, expected: dict) -> float:
+    """CER per speaker (texts in time order), pooled over both speakers."""
+    edits = length = 0
+    for role in ("agent", "customer"):
+        hypothesis = "".join(t.text for t in call.turns if t.role == role)
+        reference = "".join(t["text"] for t in expected["turns"] if t["role"] == role)
+        e, n = cer(hypothesis, reference)
+        edits, length = edits + e, length + n
+    return edits / length
+
+
+def role_at(call, start: float, end: float) -> str:
+    """Role of the recognised turn that overlaps [start, end] the most."""
+    best = max(call.turns, key=lambda t: min(t.end, end) - max(t.start, start))
+    return best.role
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CALLS)
+def test_transcript_within_cer_bound(calls, name):
+    call = calls[name]
+    bound = MAX_CER_MONO if "mono" in name else MAX_CER_STEREO
+    assert transcript_cer(call, truth(name)) <= bound
+    assert all(t.start is not None and t.end is not None and t.start <= t.end for t in call.turns)
+    assert call.audio.role_confidence >= 0.9
+    assert call.audio.sha256 and call.audio.duration > 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["call_a_stereo_16k", "call_b_stereo_8k_ulaw"])
+def test_stereo_call_events(calls, name):
+    call = calls[name]
+    planned = truth(name)["overlaps"]
+    assert [(e.kind, e.role) for e in call.events] == [(p["kind"], p["role"]) for p in planned]
+    for event, plan in zip(call.events, planned):
+        assert abs(event.start - plan["start"]) <= EVENT_TIME_TOLERANCE
+        assert event.turn_ids
+    assert call.audio.agent_channel == agent_channel(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call_name", ["call_a", "call_b"])
+def test_stereo_and_mono_give_the_same_roles(calls, call_name):
+    stereo = calls[next(n for n in CALLS if n.startswith(call_name) and "stereo" in n)]
+    mono = calls[next(n for n in CALLS if n.startswith(call_name) and "mono" in n)]
+    turns = truth(f"{call_name}_stereo_16k" if call_name == "call_a" else f"{call_name}_stereo_8k_ulaw")["turns"]
+    # Speech of two people at once cannot be attributed in a mono mix: judged on turns
+    # that overlap no other turn.
+    alone = [t for t in turns if not any(o is not t and o["start"] < t["end"] and t["start"] < o["end"] for o in turns)]
+    assert len(alone) >= 3
+    for turn in alone:
+        assert role_at(stereo, turn["start"], turn["end"]) == turn["role"]
+        assert role_at(mono, turn["start"], turn["end"]) == turn["role"]
+
+
+@pytest.mark.slow
+def test_wrong_agent_channel_is_caught_by_the_wording():
+    from pipeline.asr import load_recognizer
+    from pipeline.transcribe import transcribe_file
+
+    config = load_speech_config()
+    call = transcribe_file(AUDIO / "call_b_stereo_8k_ulaw.wav", config, load_recognizer(config), agent_channel=0)
+    assert call.audio.agent_channel == 1
+    assert any("swapped" in w for w in call.warnings)
+
+
+@pytest.mark.slow
+def test_both_backends_give_near_identical_text():
+    """Same weights, same precision (float32): the two implementations agree to within 5% CER."""
+    from pipeline.asr import load_recognizer, recognize
+
+    audio = load_audio(AUDIO / "call_a_stereo_16k.wav")
+    texts = {}
+    for backend in ("faster-whisper", "openai-whisper"):
+        config = load_speech_config()
+        config.update(backend=backend, compute_type="float32")
+        recognizer = load_recognizer(config)
+        texts[backend] = "".join(s.text for c in (0, 1) for s in recognize(recognizer, audio.samples[c, : 16000 * 9], config)[0])
+    edits, length = cer(texts["openai-whisper"], texts["faster-whisper"])
+    assert length > 20 and edits / length <= 0.05, texts
