@@ -66,7 +66,7 @@ class FasterWhisperRecognizer:
         self.name = f"faster-whisper:{model}:{config['compute_type']}"
         self.config = config
         self.model = WhisperModel(
-            model, device="cpu", compute_type=config["compute_type"], cpu_threads=config["cpu_threads"]
+            model, device=config["device"], compute_type=config["compute_type"], cpu_threads=config["cpu_threads"]
         )
 
     def transcribe(self, samples: np.ndarray, initial_prompt: str | None) -> list[Segment]:
@@ -106,7 +106,7 @@ class OpenAIWhisperRecognizer:
         torch.set_num_threads(config["cpu_threads"])
         self.name = f"openai-whisper:{model}"
         self.config = config
-        self.model = whisper.load_model(model, device="cpu")
+        self.model = whisper.load_model(model, device=config["device"])
 
     def transcribe(self, samples: np.ndarray, initial_prompt: str | None) -> list[Segment]:
         import whisper

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -56,6 +56,7 @@ from pipeline.weekly import read_previous, summarize, write_weekly_report
 
 try:  # optional: without the speech stage, audio files become error rows
     from pipeline import transcribe as speech
+    from pipeline.asr import load_recognizer
 except ImportError as err:
     speech, SPEECH_MISSING = None, f"speech stage not installed ({err})"
 
@@ -190,11 +191,11 @@ class Stages:
     """The models one worker holds, built once: the scorer, and the speech
     recogniser from the first audio file on (a text-only batch never loads it)."""
 
-    def __init__(self, config_path: str | None = None, threads: int = 1):
+    def __init__(self, config_path: str | None = None, threads: int = 1, device: str = "cpu"):
         self.config_path = config_path
         self.config = load_config(config_path)
         self.scorer = Scorer(self.config)
-        self.threads = threads
+        self.threads, self.device = threads, device
         self._speech = None  # (speech config, recogniser)
 
     def transcribe(self, path: Path, agent_channel: int | None) -> Call:
@@ -202,9 +203,11 @@ class Stages:
             raise ReadError(f"{path}: {SPEECH_MISSING}")
         if self._speech is None:
             config = speech.load_speech_config(self.config_path)
-            self._speech = config, speech.load_recognizer(config)
+            config.update(cpu_threads=self.threads, device=self.device)
+            self._speech = config, load_recognizer(config)
         config, recognizer = self._speech
-        return speech.transcribe_file(path, config, recognizer, agent_channel=agent_channel)
+        with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # its per-turn progress bar
+            return speech.transcribe_file(path, config, recognizer, agent_channel=agent_channel)
 
     def read(self, item: Item) -> list[Call]:
         """Stage read / transcribe: the calls in one file, with the manifest's fields applied."""
@@ -380,8 +383,8 @@ def _new_pool(workers: int, config_path: str | None, threads: int) -> ProcessPoo
 class RayWorker:
     """A Ray actor holding one worker's models; runs the same `process_item`."""
 
-    def __init__(self, config_path: str | None, threads: int):
-        self.stages = Stages(config_path, threads)
+    def __init__(self, config_path: str | None, threads: int, device: str):
+        self.stages = Stages(config_path, threads, device)
 
     def process(self, item: Item) -> Outcome:
         return process_item(item, self.stages)
@@ -420,7 +423,8 @@ def run_ray(items: Iterable[Item], workers: int | None, config_path: str | None,
         actor = ray.remote(RayWorker).options(num_cpus=1, num_gpus=gpus_per_worker,
                                               max_restarts=-1, max_task_retries=1)
         log.info("ray: %d actor(s), %s GPU each, cluster %s", count, gpus_per_worker, resources)
-        actors = [actor.remote(config_path, 1) for _ in range(count)]
+        device = "cuda" if gpus_per_worker else "cpu"
+        actors = [actor.remote(config_path, 1, device) for _ in range(count)]
         load = {i: 0 for i in range(count)}
         items = iter(items)
         in_flight: dict = {}  # result ref -> (item, actor index)
