@@ -4,9 +4,9 @@
 
 Text: synthetic transcripts made by recombining the turns of the sample calls
 (samples/calls) into new calls of 12-30 turns with fresh timings, written to a
-temporary folder (nothing is committed). Audio: stereo calls assembled from the
-real Mandarin clips in ../shared/real/speech (one speaker per channel, agent
-and customer alternating), when the speech stage is installed.
+temporary folder (nothing is committed). Audio: copies of the four test calls in
+tests/data/audio (synthesised Mandarin, stereo and mono, 16 kHz and 8 kHz G.711;
+see benchmarks/make_test_calls.py), under new names so each is a new call.
 
 Each figure is one `run_batch` into a fresh run folder, so it includes starting
 the workers and loading their models, as a QA team's overnight run does; the
@@ -19,9 +19,12 @@ import argparse
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import soundfile
 
 from pipeline import batch
 from pipeline.config import load_config
@@ -29,6 +32,7 @@ from pipeline.readers import RoleMap, read_calls
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "calls"
+AUDIO = REPO / "tests" / "data" / "audio"
 STAGES = ("read", "transcribe", "tag", "events", "score", "write", "store")
 
 
@@ -58,6 +62,26 @@ def synthetic_calls(folder: Path, count: int, seed: int = 7) -> None:
         (folder / f"{call['id']}.json").write_text(json.dumps(call, ensure_ascii=False), encoding="utf-8")
 
 
+def audio_calls(folder: Path, copies: int) -> float:
+    """`copies` renamed copies of each test recording; returns the seconds of audio written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    for i in range(copies):
+        for path in sorted(AUDIO.glob("*.wav")):
+            shutil.copy(path, folder / f"{path.stem}_{i:02d}.wav")
+            seconds += soundfile.info(str(path)).duration
+    return seconds
+
+
+def compare(inputs: Path, workers: list[int], engine: str, scratch: Path) -> None:
+    results = {}
+    for count in workers:
+        results[count] = measure(inputs, count, engine, scratch)
+        report(f"{count} worker(s)", results[count])
+    if 1 in results and 2 in results:
+        print(f"  scaling 1 -> 2 workers: x{results[2].calls_per_hour / results[1].calls_per_hour:.2f}")
+
+
 def measure(inputs: Path, workers: int, engine: str, scratch: Path) -> batch.Summary:
     out = Path(tempfile.mkdtemp(dir=scratch, prefix=f"run{workers}_"))
     return batch.run_batch(inputs, out, workers=workers, engine=engine, progress=False)
@@ -78,6 +102,7 @@ def report(label: str, summary: batch.Summary) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=600, help="synthetic text calls (default 600)")
+    parser.add_argument("--audio-copies", type=int, default=3, help="copies of the 4 test recordings (default 3)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     args = parser.parse_args()
@@ -90,15 +115,14 @@ def main() -> None:
         startup = measure(scratch / "one", 1, args.engine, scratch)
         print(f"start-up (pool, models, first call) with a one-call batch: {startup.seconds:.1f} s")
         print(f"text: {args.calls} synthetic calls (sample turns recombined, 12-30 turns each)")
-        results = {}
-        for workers in args.workers:
-            results[workers] = measure(scratch / "text", workers, args.engine, scratch)
-            report(f"{workers} worker(s)", results[workers])
-        if 1 in results and 2 in results:
-            ratio = results[2].calls_per_hour / results[1].calls_per_hour
-            print(f"  scaling 1 -> 2 workers: x{ratio:.2f}")
+        compare(scratch / "text", args.workers, args.engine, scratch)
         if batch.speech is None:
             print(f"audio: not measured: {batch.SPEECH_MISSING}")
+            return
+        seconds = audio_calls(scratch / "audio", args.audio_copies)
+        calls = 4 * args.audio_copies
+        print(f"audio: {calls} recordings, {seconds / 60:.1f} min of audio ({seconds / calls:.0f} s a call)")
+        compare(scratch / "audio", args.workers, args.engine, scratch)
 
 
 if __name__ == "__main__":

@@ -278,8 +278,8 @@ def _timed(seconds: dict[str, float], stage: str):
 
 
 def _message(err: BaseException) -> str:
-    # Our own errors already name the file and the problem; anything else is a bug
-    # or a library's complaint, so its type is kept for whoever investigates.
+    # ValueErrors (ReadError, AudioError, ...) say what is wrong with the input;
+    # anything else is a bug or a library's complaint: its type helps whoever investigates.
     text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "…"
 
@@ -412,10 +412,9 @@ def run_ray(items: Iterable[Item], workers: int | None, config_path: str | None,
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
             gpus_per_worker = 1.0 if resources.get("GPU", 0) and has_audio else 0.0
+        count = workers or int(resources.get("CPU", 1))
         if gpus_per_worker:
-            count = int(resources.get("GPU", 0) / gpus_per_worker)
-        else:
-            count = workers or int(resources.get("CPU", 1))
+            count = min(count, int(resources.get("GPU", 0) / gpus_per_worker))
         if count < 1:
             raise BatchError(f"the Ray cluster has {resources.get('GPU', 0)} GPU(s); "
                              f"{gpus_per_worker} per worker leaves no room for one")
@@ -601,9 +600,11 @@ class _Recorder:
         self.summary.stage_seconds[stage] = self.summary.stage_seconds.get(stage, 0.0) + seconds
 
     def write_outputs(self, stages: Stages, previous: str | Path | None) -> None:
+        # By call id, not by finishing order, so that every run of the same calls
+        # (resumed, on Ray, with more workers) writes the same files.
+        self.reported.sort(key=lambda summary: summary.call_id)
         rows = [s.row for s in self.reported]
-        if rows:
-            write_csv(self.out_dir / "scores.csv", list(rows[0]), sorted(rows, key=lambda r: r["call_id"]))
+        write_csv(self.out_dir / "scores.csv", list(rows[0]) if rows else ["call_id"], rows)
         write_csv(self.out_dir / "errors.csv", ["path", "call_id", "stage", "message"],
                   [vars(e) for e in self.summary.errors])
         human = self.store.human_scores()

@@ -31,6 +31,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib import font_manager, rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.model import Call
 from pipeline.report import batch_rows, safe_name, write_atomic, write_csv
@@ -215,6 +216,7 @@ def _grade_chart(grades: list[dict]) -> str:
     axes = figure.subplots()
     bars = axes.bar([g["grade"] for g in grades], [g["calls"] for g in grades], color=GRADE_COLOURS[:len(grades)])
     axes.bar_label(bars)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("通话数")
     axes.set_title("等级分布")
     return _png(figure)
@@ -229,6 +231,7 @@ def _dimension_chart(dimensions: list[dict], scorecard: Scorecard) -> str:
         axes.set_title(f"{dimension.label} {name}")
         axes.set_xlabel("分数")
         axes.tick_params(axis="x", labelsize=7)
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.axes[0].set_ylabel("通话数")
     return _png(figure)
 

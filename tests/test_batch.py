@@ -24,6 +24,7 @@ from pipeline.store import Store
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "calls"
 SAMPLE_JSON = sorted(SAMPLES.glob("*.json"))
+AUDIO = REPO / "tests" / "data" / "audio"
 
 
 def _copies(folder: Path, copies: int) -> int:
@@ -116,6 +117,7 @@ def test_bad_files_become_error_rows_and_the_batch_carries_on(tmp_path):
     (inputs / "huge_header.csv").write_text(",".join(f"column{i}" for i in range(300_000)) + "\n1,2\n",
                                             encoding="utf-8")
     _huge_header_wav(inputs / "huge_header.wav")
+    (inputs / "noise.wav").write_bytes(os.urandom(5000))
     (inputs / "sub").mkdir()
     (inputs / "sub" / "unknown_speaker.txt").write_text("主持人：大家好\n客户：你好\n", encoding="utf-8")
 
@@ -123,21 +125,21 @@ def test_bad_files_become_error_rows_and_the_batch_carries_on(tmp_path):
 
     errors = {Path(row["path"]).name: row for row in _errors(tmp_path / "run")}
     assert set(errors) == {"corrupt.json", "truncated.json", "empty.txt", "zero.csv", "not_a_call.json",
-                           "report.docx", "huge_header.csv", "huge_header.wav", "unknown_speaker.txt"}
+                           "report.docx", "huge_header.csv", "huge_header.wav", "noise.wav", "unknown_speaker.txt"}
     assert "malformed JSON" in errors["truncated.json"]["message"]
     assert "empty" in errors["empty.txt"]["message"] and "empty" in errors["zero.csv"]["message"]
     assert "unsupported file type '.docx'" in errors["report.docx"]["message"]
     assert "turns" in errors["not_a_call.json"]["message"]
     assert "'主持人'" in errors["unknown_speaker.txt"]["message"]
-    assert errors["huge_header.wav"]["stage"] == "transcribe"
-    assert all(row["stage"] == "read" for name, row in errors.items() if name != "huge_header.wav")
+    assert "header declares 4294967232 bytes" in errors["huge_header.wav"]["message"]
+    assert all(row["stage"] == ("transcribe" if name.endswith(".wav") else "read") for name, row in errors.items())
     assert all(len(row["message"]) <= 501 for row in errors.values())  # a 300,000-column header stays short
     calls = Store(tmp_path / "run" / "callqa.db").call_ids()
-    assert summary.scored == len(calls) == 4 and summary.failed == 9  # the CSV holds two calls
+    assert summary.scored == len(calls) == 4 and summary.failed == 10  # the CSV holds two calls
     assert (tmp_path / "run" / "report.html").exists()
 
     again = run_batch(inputs, tmp_path / "run", workers=1, progress=False)
-    assert (again.scored, again.skipped, again.failed) == (0, 4, 9)  # bad files are tried again, good ones not
+    assert (again.scored, again.skipped, again.failed) == (0, 4, 10)  # bad files are tried again, good ones not
 
 
 def test_cli_exit_codes(tmp_path):
@@ -218,6 +220,19 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path):
     assert process.wait(timeout=300) == 0
     assert len(Store(store_path).call_ids()) == total
     assert "a worker process died" in _last_run_log(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_audio_calls_are_transcribed_once_and_skipped_before_transcription_on_rerun(tmp_path):
+    manifest = tmp_path / "week.csv"
+    manifest.write_text("path,call_id,agent_id,channel_layout\n"
+                        f"{AUDIO / 'call_b_stereo_8k_ulaw.wav'},week47_0001,B100,agent_left\n", encoding="utf-8")
+    first = run_batch(manifest, tmp_path / "run", workers=1, progress=False)
+    call = Store(tmp_path / "run" / "callqa.db").get_call("week47_0001")
+    assert first.scored == 1 and call.agent_id == "B100" and call.audio.channels == 2
+    assert {t.role for t in call.turns} == {"agent", "customer"} and call.scores is not None
+    again = run_batch(manifest, tmp_path / "run", workers=1, progress=False)
+    assert (again.scored, again.skipped) == (0, 1) and "transcribe" not in again.stage_seconds
 
 
 @pytest.mark.slow
