@@ -32,14 +32,13 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import get_context
 from pathlib import Path
 
 import psutil
@@ -291,11 +290,6 @@ _worker_stages: Stages | None = None
 
 def _start_worker(config_path: str | None, threads: int) -> None:
     global _worker_stages
-    # Each of N workers gets its share of the cores, not all of them.
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
     _worker_stages = Stages(config_path, threads)
 
 
@@ -368,15 +362,12 @@ def run_local(items: Iterable[Item], workers: int, config_path: str | None,
 
 
 def _new_pool(workers: int, config_path: str | None, threads: int) -> ProcessPoolExecutor:
-    # Workers fork from a server process that imported once what the driver's
-    # Stages imported (seconds, for spaCy), not from the driver itself: a fork of
-    # a process running threads (tqdm, SQLite, torch) can deadlock. Windows has only spawn.
-    if "forkserver" in get_all_start_methods():
-        context = get_context("forkserver")
-        context.set_forkserver_preload(sorted(name for name in sys.modules if name.startswith("pipeline.")))
-    else:
-        context = get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+    # Each worker gets its share of the cores. The OpenMP runtime reads this once,
+    # when it loads, and Whisper's output depends on it, so it is set before the
+    # workers start, as Ray does for its actors: both engines give the same results.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    # spawn, not fork: a fork of a process running threads (tqdm, SQLite) can deadlock.
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
                                initargs=(config_path, threads))
 
 
@@ -395,10 +386,13 @@ def run_ray(items: Iterable[Item], workers: int | None, config_path: str | None,
     """Outcomes of `process_item` from Ray actors, as they finish.
 
     With an address the actors run on that Ray cluster (the input and run folders
-    must be on storage every node sees, and callqa installed there); without one a
-    local Ray instance is started with `workers` CPUs. Actors take a GPU each
-    (`gpus_per_worker`, or 1 when the cluster has GPUs and the batch has audio):
-    speech recognition is the heavy stage and the only one that uses it.
+    must be on storage every node sees, and callqa installed there) with a CPU
+    each; without one, a local Ray instance gets this machine's cores, shared
+    among the actors as the local engine shares them among its processes (Ray
+    sets each actor's OMP_NUM_THREADS to its CPUs), so both give the same results.
+    Actors take a GPU each (`gpus_per_worker`, or 1 when the cluster has GPUs and
+    the batch has audio): speech recognition is the heavy stage and the only one
+    that uses it.
     """
     import ray
 
@@ -407,7 +401,7 @@ def run_ray(items: Iterable[Item], workers: int | None, config_path: str | None,
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers or _cores(), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=_cores(), include_dashboard=False, log_to_driver=False)
     try:
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
@@ -418,12 +412,13 @@ def run_ray(items: Iterable[Item], workers: int | None, config_path: str | None,
         if count < 1:
             raise BatchError(f"the Ray cluster has {resources.get('GPU', 0)} GPU(s); "
                              f"{gpus_per_worker} per worker leaves no room for one")
+        threads = 1 if address else max(1, _cores() // count)
         # A dead actor is restarted (models rebuilt) and its call retried once.
-        actor = ray.remote(RayWorker).options(num_cpus=1, num_gpus=gpus_per_worker,
+        actor = ray.remote(RayWorker).options(num_cpus=threads, num_gpus=gpus_per_worker,
                                               max_restarts=-1, max_task_retries=1)
-        log.info("ray: %d actor(s), %s GPU each, cluster %s", count, gpus_per_worker, resources)
+        log.info("ray: %d actor(s), %d CPU and %s GPU each, cluster %s", count, threads, gpus_per_worker, resources)
         device = "cuda" if gpus_per_worker else "cpu"
-        actors = [actor.remote(config_path, 1, device) for _ in range(count)]
+        actors = [actor.remote(config_path, threads, device) for _ in range(count)]
         load = {i: 0 for i in range(count)}
         items = iter(items)
         in_flight: dict = {}  # result ref -> (item, actor index)
