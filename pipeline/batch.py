@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -401,12 +402,13 @@ def run_ray(items: Iterable[Item], workers: int | None, config_path: str | None,
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=_cores(), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(_cores(), workers or 0), include_dashboard=False, log_to_driver=False)
     try:
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
             gpus_per_worker = 1.0 if resources.get("GPU", 0) and has_audio else 0.0
-        count = workers or int(resources.get("CPU", 1))
+        # Never more actors than the cluster can place: the others would wait forever.
+        count = min(workers or int(resources.get("CPU", 1)), int(resources.get("CPU", 1)))
         if gpus_per_worker:
             count = min(count, int(resources.get("GPU", 0) / gpus_per_worker))
         if count < 1:
@@ -491,7 +493,7 @@ def run_batch(input_path: str | Path, out_dir: str | Path, *, workers: int | Non
         log.info("run: %s -> %s, %d file(s), engine %s, workers %s; versions %s",
                  input_path, out_dir, len(items), engine, workers or "cluster", versions)
         summary = Summary(workers=workers or 0)
-        recorder = _Recorder(Store(out_dir / "callqa.db"), out_dir, versions, summary)
+        recorder = _Recorder(Store(out_dir / "callqa.db"), out_dir, versions, summary, progress)
         for error in errors:
             recorder.fail(error)
         bar = tqdm(total=len(items), unit="file", desc="batch", disable=not progress, dynamic_ncols=True)
@@ -511,6 +513,7 @@ def run_batch(input_path: str | Path, out_dir: str | Path, *, workers: int | Non
         bar.close()
         summary.seconds = time.perf_counter() - started
         recorder.write_outputs(stages, previous)
+        recorder.store.close()
         log.info("done: %d scored, %d skipped, %d failed in %.1f s (%.0f calls/hour); stage seconds %s",
                  summary.scored, summary.skipped, summary.failed, summary.seconds,
                  summary.calls_per_hour, {k: round(v, 2) for k, v in summary.stage_seconds.items()})
@@ -523,8 +526,9 @@ def run_batch(input_path: str | Path, out_dir: str | Path, *, workers: int | Non
 class _Recorder:
     """The driver's side: what is already done, and writing each result."""
 
-    def __init__(self, store: Store, out_dir: Path, versions: dict[str, str], summary: Summary):
+    def __init__(self, store: Store, out_dir: Path, versions: dict[str, str], summary: Summary, echo: bool):
         self.store, self.out_dir, self.versions, self.summary = store, out_dir, versions, summary
+        self.echo = echo  # failures to the terminal too, above the progress bar
         self.sources: dict[str, str] = {}  # call id -> file, for this run's calls
         self.reported = []  # weekly-report summaries of this run's calls
 
@@ -588,6 +592,9 @@ class _Recorder:
 
     def fail(self, error: ErrorRow) -> None:
         self.summary.errors.append(error)
+        if self.echo:
+            text = error.message if error.path in error.message else f"{error.path}: {error.message}"
+            tqdm.write(f"failed ({error.stage}): {text}", file=sys.stderr)
         log.warning("failed %s%s at %s: %s", error.path, f" ({error.call_id})" if error.call_id else "",
                     error.stage, error.message)
 
