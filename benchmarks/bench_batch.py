@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import soundfile
