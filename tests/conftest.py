@@ -72,3 +72,66 @@ def postgres_url():
         subprocess.run(as_user + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
         time.sleep(0.2)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_call_audio(call, path: Path, rate: int = 8000) -> Path:
+    """A real WAV for a timed call: a tone per turn (agent 220 Hz, customer 330 Hz), silence between."""
+    import numpy as np
+    import soundfile as sf
+
+    samples = np.zeros(int((max(t.end for t in call.turns) + 1.0) * rate))
+    for turn in call.turns:
+        n = np.arange(int(turn.start * rate), int(turn.end * rate))
+        samples[n] += 0.2 * np.sin(2 * np.pi * (220 if turn.role == "agent" else 330) * n / rate)
+    sf.write(path, samples, rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def scored_store(tmp_path):
+    """`callqa score` run on the samples into tmp/out/callqa.db, with a WAV for every timed call
+    (under tmp/audio). Returns (store path, audio folder)."""
+    from pipeline.cli import main
+    from pipeline.model import AudioInfo
+    from pipeline.store import Store
+
+    out, audio = tmp_path / "out", tmp_path / "audio"
+    audio.mkdir()
+    assert main(["score", str(SAMPLES), "--meta", str(REPO / "samples" / "agents.csv"),
+                 "--out", str(out), "--quiet"]) == 0
+    store = Store(out / "callqa.db")
+    for call_id in store.call_ids():
+        call = store.get_call(call_id)
+        if call.has_times:
+            call.audio = AudioInfo(path=str(write_call_audio(call, audio / f"{call_id}.wav")), sample_rate=8000)
+            store.save_call(call, "sha-of-input", "cfg")
+    store.close()
+    return out / "callqa.db", audio
+
+
+def free_port() -> int:
+    return _free_port()
+
+
+def start_review_server(store_path: Path, audio_root: Path, *extra: str, port: int | None = None):
+    """`callqa review` in a subprocess; returns (process, base URL) once it answers."""
+    import sys
+    import urllib.request
+
+    port = port or _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "review", "--store", str(store_path), "--port", str(port),
+         "--audio-root", str(audio_root), "--export-dir", str(Path(store_path).parent / "exports"), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"callqa review exited: {process.stdout.read()}")
+        try:
+            urllib.request.urlopen(url + "/", timeout=2)
+            return process, url
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("callqa review did not answer within 60 s")
