@@ -109,9 +109,10 @@ def load_scorecard(path: str | Path) -> Scorecard:
     except FileNotFoundError:
         raise ScorecardError(f"{path}: scorecard file not found") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ScorecardError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        opened = f" (in what starts at line {context.line + 1})" if context else ""
+        raise ScorecardError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}{opened}") from None
     try:
         return _build(data, str(path))
     except RuleError as err:
