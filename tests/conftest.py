@@ -1,6 +1,5 @@
-"""Shared fixtures: a scored sample batch, and a throwaway PostgreSQL server."""
-
-from __future__ import annotations
+"""Shared fixtures: the scorer, sample calls (scored, in a store, with audio), a
+throwaway PostgreSQL server, and `callqa review` in a subprocess."""
 
 import glob
 import os
@@ -13,15 +12,35 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_config
+from pipeline.model import Call, Turn
+from pipeline.normalize import normalize_text
+from pipeline.scoring import Scorer
+
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "samples" / "calls"
+SAMPLES = REPO / "samples"
+SAMPLE_CALLS = SAMPLES / "calls"
+REAL_DATA = REPO.parent / "shared" / "real"
 
 
 @pytest.fixture(scope="session")
-def scorer():
-    from pipeline.scoring import Scorer
+def config():
+    return load_config()
 
-    return Scorer()
+
+@pytest.fixture(scope="session")
+def scorer(config):
+    return Scorer(config)
+
+
+def make_call(*turns, call_id="t") -> Call:
+    """turns: (role, text) or (role, text, start, end)."""
+    built = []
+    for i, spec in enumerate(turns):
+        role, text, *times = spec
+        start, end = times if times else (None, None)
+        built.append(Turn(id=i, role=role, text=normalize_text(text), start=start, end=end))
+    return Call(id=call_id, turns=built)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +49,7 @@ def sample_calls(scorer):
     from pipeline.store import file_sha256
 
     out = []
-    for path in sorted(SAMPLES.iterdir()):
+    for path in sorted(SAMPLE_CALLS.iterdir()):
         if path.suffix in (".json", ".txt", ".csv"):
             for call in scorer.read(path):
                 out.append((scorer.score(call), file_sha256(path)))
@@ -97,7 +116,7 @@ def scored_store(tmp_path):
 
     out, audio = tmp_path / "out", tmp_path / "audio"
     audio.mkdir()
-    assert main(["score", str(SAMPLES), "--meta", str(REPO / "samples" / "agents.csv"),
+    assert main(["score", str(SAMPLE_CALLS), "--meta", str(REPO / "samples" / "agents.csv"),
                  "--out", str(out), "--quiet"]) == 0
     store = Store(out / "callqa.db")
     for call_id in store.call_ids():

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from conftest import REPO, SAMPLES, start_review_server
+from tests.conftest import REPO, SAMPLE_CALLS, start_review_server
 from pipeline.config import load_config
 from pipeline.model import AudioInfo
 from pipeline.review import flags_of
@@ -183,7 +183,7 @@ def test_review_and_scoring_at_the_same_time(scored_store, tmp_path):
     try:
         reviewer = threading.Thread(target=review)
         reviewer.start()
-        scoring = [subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(SAMPLES), "--out",
+        scoring = [subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(SAMPLE_CALLS), "--out",
                                    str(tmp_path / f"run{i}"), "--store", str(store_path), "--quiet"],
                                   cwd=REPO, capture_output=True, text=True) for i in range(2)]
         reviewer.join()
