@@ -33,6 +33,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.util import CommandError
 
 from pipeline.model import Call
 
@@ -256,6 +257,8 @@ class Store:
             self.migrate()
         except sa.exc.SQLAlchemyError as err:
             raise StoreError(f"{url_or_path}: cannot open the results store: {err}") from None
+        except CommandError as err:  # e.g. a schema version from a newer callqa
+            raise StoreError(f"{url_or_path}: cannot upgrade the results store schema: {err}") from None
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
