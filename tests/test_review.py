@@ -41,15 +41,17 @@ def test_rejecting_the_only_rigid_flag_restores_the_expression_score(store, scor
 
 
 def test_added_flags_count_in_the_reviewed_call(store, scorer):
-    call = store.get_call("telecom_bad_interrupt_01")
-    customer = next(t for t in call.turns if t.role == "customer" and "先让我说完" in t.text)
+    # A call where the machine saw no customer emotion, so empathy had no occasion (N/A).
+    call = next(c for c in map(store.get_call, store.call_ids())
+                if not c.scores.dimensions["empathy"].applicable and any(t.role == "customer" for t in c.turns))
+    customer = next(t for t in call.turns if t.role == "customer")
     store.record_verdict(call.id, added_key("sentiment.negative", customer.id), "sentiment.negative", "add",
                          turn_id=customer.id, note="angry")
     reviewed = reviewed_call(call, store.verdicts(call.id))
     assert reviewed.turn(customer.id).sentiment == "negative"
     assert any(f.kind == "added" and f.turn_id == customer.id for f in flags_of(call, store.verdicts(call.id)))
     human = human_scores(call, store.verdicts(call.id), scorer.scorecard)
-    assert human.dimensions["empathy"].applicable and not call.scores.dimensions["empathy"].applicable
+    assert human.dimensions["empathy"].applicable
 
 
 def test_rule_precision_counts_upheld_and_rejected_evidence(store, scorer):
@@ -75,8 +77,8 @@ def test_corrections_are_reviewed_turns_with_corrected_labels(store, tmp_path, s
                          reason="wrong_tag")
     first = call.turns[0]
     store.record_verdict(call.id, added_key("proactive", first.id), "proactive", "add", turn_id=first.id)
-    asr = next(f for f in flags_of(call, []) if f.label == "commitment")
-    store.record_verdict(call.id, asr.key, "commitment", "reject", turn_id=asr.turn_id, reason="asr_error")
+    asr = next(f for f in flags_of(call, []) if f.kind == "tag" and f.turn_id not in (first.id, backchannel.turn_id))
+    store.record_verdict(call.id, asr.key, asr.label, "reject", turn_id=asr.turn_id, reason="asr_error")
 
     rows = {r["source"]: r for r in correction_rows(store, None)}
     assert "backchannel" not in rows[f"review:{call.id}:{backchannel.turn_id}"]["labels"]

@@ -166,12 +166,14 @@ def test_review_and_scoring_at_the_same_time(scored_store, tmp_path):
 
     def review():
         nonlocal posted
-        for i in range(60):
+        i = 0
+        while scoring.poll() is None or i < 10:
             flag = flags[i % len(flags)]
             body = json.dumps(dict(flag_key=flag.key, label=flag.label, turn_id=flag.turn_id,
                                    verdict="confirm" if i % 2 else "reject", reason=None if i % 2 else "wrong_tag"))
             request = urllib.request.Request(f"{url}/calls/{CALL}/verdicts", data=body.encode(),
                                              headers={"Content-Type": "application/json"})
+            i += 1
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
                     assert response.status == 200
@@ -181,18 +183,19 @@ def test_review_and_scoring_at_the_same_time(scored_store, tmp_path):
                 errors.append(repr(err))
 
     try:
+        scoring = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "score", str(SAMPLE_CALLS), "--out",
+                                    str(tmp_path / "run"), "--store", str(store_path), "--quiet"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         reviewer = threading.Thread(target=review)
         reviewer.start()
-        scoring = [subprocess.run([sys.executable, "-m", "pipeline.cli", "score", str(SAMPLE_CALLS), "--out",
-                                   str(tmp_path / f"run{i}"), "--store", str(store_path), "--quiet"],
-                                  cwd=REPO, capture_output=True, text=True) for i in range(2)]
+        _, scoring_errors = scoring.communicate(timeout=300)
         reviewer.join()
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert errors == []
-    assert [r.returncode for r in scoring] == [0, 0], [r.stderr[-500:] for r in scoring]
-    assert len(store.verdicts(CALL)) == posted == 60
+    assert scoring.returncode == 0, scoring_errors[-500:]
+    assert len(store.verdicts(CALL)) == posted >= 10
     assert len(store.call_ids()) == 19
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
