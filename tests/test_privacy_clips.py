@@ -93,3 +93,19 @@ def test_clips_are_padded_flag_moments_with_personal_data_silenced(scored_store,
     ours_only = [s for s in calls if s.id == call.id]
     unmasked, _ = export_clips(store, ours_only, tmp_path / "raw", padding=2.0, privacy=None)
     assert "13812345678" in unmasked[0].transcript
+
+
+def test_real_spoken_phone_numbers_masked_and_real_chat_left_alone(privacy):
+    import json
+
+    from tests.conftest import REAL_DATA
+
+    if not REAL_DATA.is_dir():
+        pytest.skip("real data folder ../shared/real not present")
+    spoken = [json.loads(line)["text"] for line in open(REAL_DATA / "speech" / "manifest.jsonl", encoding="utf-8")]
+    numbers = [t for t in spoken if len(t) == 11 and t.startswith("一")]
+    assert len(numbers) >= 5  # AISHELL's digit strings: mobile numbers read digit by digit
+    assert all(privacy.mask(t) == "*" * 11 for t in numbers)
+    turns = [turn["text"] for line in open(REAL_DATA / "dialogues" / "jddc2019_sample.jsonl", encoding="utf-8")
+             for turn in json.loads(line)["turns"]]
+    assert sum(1 for t in turns if privacy.find(t)) <= 0.005 * len(turns)
