@@ -51,7 +51,12 @@ def export_clips(store: Store, calls: list[CallSummary], out_dir: Path, padding:
         flags = [f for f in flags_of(call, store.verdicts(call.id)) if f.problem and f.start is not None]
         if not flags:
             continue
-        with sf.SoundFile(call.audio.path) as audio:
+        try:
+            audio = sf.SoundFile(call.audio.path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            skipped.append(f"{call.id}: cannot read {call.audio.path}: {err}")
+            continue
+        with audio:
             rate, frames = audio.samplerate, audio.frames
             for number, flag in enumerate(flags, 1):
                 start = max(0.0, flag.start - padding)

@@ -30,8 +30,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pipeline.config import config_path
 from pipeline.model import Call, Scores
 from pipeline.privacy import load_privacy
-from pipeline.report import ROLE_LABELS, _clock, _highlight
-from pipeline.review import (ADDABLE_LABELS, added_key, calibration, export_corrections, flags_of,
+from pipeline.report import EVENT_KINDS, ROLE_LABELS, _clock, _highlight
+from pipeline.review import (ADDABLE_LABELS, TRAINING_LABELS, added_key, calibration, export_corrections, flags_of,
                              human_scores, rule_precision)
 from pipeline.scorecard import load_scorecard
 from pipeline.store import REJECT_REASONS, Store, StoreError
@@ -40,6 +40,7 @@ PACKAGE = Path(__file__).resolve().parent
 AUDIO_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".flac": "audio/flac", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4", ".webm": "audio/webm"}
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LIST_LIMIT = 500  # rows on the calls page; narrow the filters to see the rest
 
 
 class VerdictIn(BaseModel):
@@ -97,9 +98,12 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
                   flag: str = ""):
         filters = dict(week=week, agent=agent, grade=grade, dimension=dimension, flag=flag)
         calls = store.list_calls(**{k: v or None for k, v in filters.items()})
-        reviewed = reviewed_totals()
+        facets = store.facets()
+        # Flag types are tags and the timing events a trainer can play; not call-level measures.
+        facets["flag"] = [f for f in facets["flag"] if f in TRAINING_LABELS or f in EVENT_KINDS]
         return templates.TemplateResponse(request, "review_list.html", dict(
-            calls=calls, filters=filters, facets=store.facets(), reviewed=reviewed,
+            calls=calls[:LIST_LIMIT], total_calls=len(calls), filters=filters, facets=facets,
+            reviewed=reviewed_totals(),
             dimensions=scorecard.dimensions, verdict_counts=Counter(v.call_id for v in store.verdicts())))
 
     @app.get("/calls/{call_id}", response_class=HTMLResponse)

@@ -14,7 +14,7 @@ from pipeline.store import Store, StoreError
 def test_clips_corrections_and_human_scores_commands(scored_store, tmp_path, capsys):
     from datasets import load_from_disk
 
-    store_path, _ = scored_store
+    store_path, audio = scored_store
     store = Store(store_path)
     call = store.get_call("telecom_bad_interrupt_01")
     store.record_verdict(call.id, added_key("empathy", 2), "empathy", "add", turn_id=2)
@@ -24,6 +24,11 @@ def test_clips_corrections_and_human_scores_commands(scored_store, tmp_path, cap
     assert list((tmp_path / "clips").glob("telecom_bad_interrupt_01_*_interruption.wav"))
     assert (tmp_path / "clips" / "index.html").is_file()
     assert main(["clips", "--store", str(store_path), "--out", str(tmp_path / "none"), "--week", "1999-W01"]) == 1
+    # An unreadable recording is reported by name and the other calls still get their clips.
+    broken = next(audio.glob("*.wav"))
+    broken.write_bytes(b"not a wav file")
+    assert main(["clips", "--store", str(store_path), "--out", str(tmp_path / "some")]) == 0
+    assert f"cannot read {broken}" in capsys.readouterr().err
 
     assert main(["corrections", "--store", str(store_path), "--out", str(tmp_path / "corr")]) == 0
     rows = load_from_disk(str(tmp_path / "corr"))
