@@ -67,6 +67,16 @@ def test_pages_filters_and_verdicts(app_client):
     assert client.get("/calls/no_such_call").status_code == 404
 
 
+def test_pages_load_nothing_from_the_internet(app_client):
+    import re
+
+    client, _, _ = app_client
+    for url in ["/", f"/calls/{CALL}", "/rules", "/calibration", "/static/review.js", "/static/review.css"]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?https?:""", response.text), url
+
+
 def test_audio_is_served_with_range_requests(app_client):
     client, store, _ = app_client
     path = Path(store.get_call(CALL).audio.path)
