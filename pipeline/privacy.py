@@ -53,18 +53,21 @@ class Privacy:
 
 
 def _word_times(turn: Turn, char_start: int, char_end: int) -> tuple[float, float] | None:
-    """The times of the recognised words that overlap the characters, or None when
-    the turn has no words or they cannot be lined up with its text."""
-    cursor, hits = 0, []
+    """The times of the recognised words covering the characters; None when the turn
+    has no words or they do not line up with every character (then the caller falls
+    back to proportions rather than leave part of a number audible)."""
+    cursor, hits, covered = 0, [], 0
     for word in turn.words:
         piece = word.text.strip()
         at = turn.text.find(piece, cursor) if piece else -1
         if at < 0:
             continue
         cursor = at + len(piece)
-        if at < char_end and char_start < cursor:
+        overlap = min(cursor, char_end) - max(at, char_start)
+        if overlap > 0:
             hits.append(word)
-    if not hits:
+            covered += sum(1 for ch in turn.text[max(at, char_start):min(cursor, char_end)] if ch.isalnum())
+    if not hits or covered < sum(1 for ch in turn.text[char_start:char_end] if ch.isalnum()):
         return None
     return min(w.start for w in hits), max(w.end for w in hits)
 

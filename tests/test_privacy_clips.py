@@ -56,6 +56,9 @@ def test_silence_spans_use_word_times_or_proportions(privacy):
                  start=0.0, end=31.0)
     [(start, end)] = privacy.silence_spans(plain)  # characters 10..21 of 31
     assert start == pytest.approx(10.0 - privacy.silence_pad) and end == pytest.approx(21.0 + privacy.silence_pad)
+    # Words that miss part of the number (ASR wrote it differently) do not shrink the silence.
+    partial = plain.model_copy(update={"words": [Word(text="138", start=10.0, end=11.0)]})
+    assert privacy.silence_spans(partial) == privacy.silence_spans(plain)
 
 
 def test_clips_are_padded_flag_moments_with_personal_data_silenced(scored_store, tmp_path):
