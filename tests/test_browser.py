@@ -64,14 +64,20 @@ def test_review_session_end_to_end(browser, scored_store, tmp_path):
         page.wait_for_function("document.getElementById('player').readyState >= 1")
         page.wait_for_function("Math.abs(document.getElementById('player').currentTime - %f) < 1.0"
                                % max(0.0, start - CONTEXT))
-        now = page.evaluate("(() => { const p = document.getElementById('player'); p.pause(); return p.currentTime; })()")
-        assert max(0.0, start - CONTEXT) - 0.05 <= now <= start
         assert "current" in (flag.get_attribute("class") or "")
+        # ...and stops once the flagged moment and a few seconds after it have played.
+        end = float(flag.get_attribute("data-end"))
+        page.wait_for_function("document.getElementById('player').paused", timeout=30_000)
+        stopped = page.evaluate("document.getElementById('player').currentTime")
+        assert end + CONTEXT - 0.05 <= stopped <= end + CONTEXT + 1.0
 
-        # Keys step through problem flags; the player follows.
+        # Keys step through problem flags and judge them; the player follows.
         page.keyboard.press("n")
         second = page.locator("li.flag.current")
-        assert second.get_attribute("data-key") != flag.get_attribute("data-key")
+        second_key = second.get_attribute("data-key")
+        assert second_key != flag.get_attribute("data-key")
+        page.keyboard.press("c")
+        page.wait_for_function(f"document.querySelector(\"li.flag[data-key='{second_key}']\").classList.contains('judged-confirm')")
         page.keyboard.press("p")
         assert page.locator("li.flag.current").get_attribute("data-key") == flag.get_attribute("data-key")
 

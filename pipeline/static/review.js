@@ -33,11 +33,20 @@ if (typeof CALLQA !== "undefined") {
   let current = null;
   let addTurn = null;
 
-  function seek(seconds) {
+  let stopAt = null;  // pause once the flagged moment and its context have played
+  if (player) player.addEventListener("timeupdate", () => {
+    if (stopAt !== null && player.currentTime >= stopAt) { player.pause(); stopAt = null; }
+  });
+
+  function seek(seconds, until) {
     if (!player) return;
     // Start a few seconds early so the listener hears what led up to the flag.
     const target = Math.max(0, seconds - CALLQA.context);
-    const go = () => { player.currentTime = target; player.play().catch(() => {}); };
+    const go = () => {
+      player.currentTime = target;
+      stopAt = until === undefined ? null : until + CALLQA.context;
+      player.play().catch(() => {});
+    };
     if (player.readyState >= 1) go(); else player.addEventListener("loadedmetadata", go, {once: true});
   }
 
@@ -62,7 +71,7 @@ if (typeof CALLQA !== "undefined") {
       `${li.querySelector(".snippet").textContent} ${li.querySelector(".verdict").textContent}`;
     document.getElementById("confirm-flag").disabled = false;
     document.getElementById("reject-flag").disabled = false;
-    if (li.dataset.start !== undefined) seek(parseFloat(li.dataset.start));
+    if (li.dataset.start !== undefined) seek(parseFloat(li.dataset.start), parseFloat(li.dataset.end));
   }
 
   function step(direction) {
@@ -96,6 +105,8 @@ if (typeof CALLQA !== "undefined") {
     if (event.target.matches("input, select, textarea")) return;
     if (event.key === "n" || event.key === "j") step(1);
     if (event.key === "p" || event.key === "k") step(-1);
+    if (event.key === "c") judge("confirm");
+    if (event.key === "x") judge("reject");
   });
 
   function showScores(result) {
