@@ -196,3 +196,13 @@ def test_concurrent_writers_and_a_reader(tmp_path, sample_calls, call_json):
         w.wait()
     assert len(store.verdicts(call.id)) == verdict_count
     assert _consistent(store) == []
+
+
+def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path):
+    path = str(tmp_path / "fresh.db")
+    code = "import sys; from pipeline.store import Store; print(Store(sys.argv[1]).schema_version())"
+    openers = [subprocess.Popen([sys.executable, "-c", code, path], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=120) for p in openers]
+    assert [p.returncode for p in openers] == [0, 0, 0], [err[-300:] for _, err in results]
+    assert [out.strip() for out, _ in results] == ["0001"] * 3
