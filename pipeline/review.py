@@ -220,8 +220,7 @@ def export_corrections(store: Store, out_dir: Path, privacy: Privacy | None) -> 
     rows = correction_rows(store, privacy)
     features = Features(text=Value("string"), role=Value("string"), labels=List(Value("string")),
                         source=Value("string"))
-    dataset = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
-        {name: [] for name in features}, features=features)
+    dataset = Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
     dataset.save_to_disk(str(out_dir))
     with open(Path(out_dir) / "corrections.jsonl", "w", encoding="utf-8") as handle:
         for row in rows:
