@@ -2,11 +2,18 @@
 
     callqa score PATH... [--config FILE] [--out DIR] [--meta agents.csv] [--store DB]
     callqa batch INPUT --out RUN [--workers N] [--engine local|ray] [--previous RUN]
+    callqa review [--store DB] [--host 127.0.0.1] [--port 8765] [--audio-root DIR]
+    callqa clips --out DIR [--store DB] [--week W --agent A --grade G --dimension D --flag F]
+    callqa corrections --out DIR [--store DB]
+    callqa human-scores QA.csv [--store DB]
 
 Scores every transcript found (folders are searched recursively) and writes
 DIR/calls/<id>.json and .html, DIR/scores.csv, DIR/agents.csv (when agent ids
 are known) and DIR/errors.csv, and saves every call in the results store
-(DIR/callqa.db by default; a SQLAlchemy URL such as postgresql+psycopg://... works too). A file that cannot be read gets one error line
+(DIR/callqa.db by default; a SQLAlchemy URL such as postgresql+psycopg://... works too).
+The other commands work on that store: the review web app, flagged clips for a
+review session, reviewer corrections as training data, human QA scores to
+calibrate against. A file that cannot be read gets one error line
 and the batch carries on; the exit code is non-zero only when nothing could be
 scored.
 
@@ -120,6 +127,94 @@ def batch_command(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _open_store(args: argparse.Namespace) -> Store:
+    if "://" not in args.store and not Path(args.store).is_file():
+        raise StoreError(f"{args.store}: no results store there; run `callqa score` first or pass --store")
+    return Store(args.store)
+
+
+def review_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeline.webapp import create_app, is_loopback
+
+    try:
+        config = load_config(args.config)
+        store = _open_store(args)
+        roots = args.audio_root or [Path.cwd()]
+        app = create_app(store, config, roots, Path(args.export_dir), host=args.host)
+    except (ConfigError, ScorecardError, StoreError) as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host):
+        print(f"callqa: warning: listening on {args.host}; anyone who can reach this machine can "
+              "read the calls and record verdicts", file=sys.stderr)
+    print(f"callqa review: http://{args.host}:{args.port}/ (store {store.url}; audio from "
+          f"{', '.join(map(str, roots))})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("week", "agent", "grade", "dimension", "flag")}
+
+
+def clips_command(args: argparse.Namespace) -> int:
+    from pipeline.clips import export_clips
+    from pipeline.privacy import load_privacy
+
+    try:
+        config = load_config(args.config)
+        store = _open_store(args)
+        privacy = None if args.no_mask else load_privacy(config)
+    except (ConfigError, StoreError) as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
+    calls = store.list_calls(**_filters(args))
+    padding = args.padding if args.padding is not None else float(config["review"]["clip_padding"])
+    rows, skipped = export_clips(store, calls, Path(args.out), padding, privacy)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"{len(rows)} clip(s) from {len(calls) - len(skipped)} call(s) with audio in {args.out}/ "
+          f"(index.csv, index.html){'' if privacy else '; personal data NOT masked'}")
+    return 0 if rows else 1
+
+
+def corrections_command(args: argparse.Namespace) -> int:
+    from pipeline.privacy import load_privacy
+    from pipeline.review import export_corrections
+
+    try:
+        store = _open_store(args)
+        privacy = None if args.no_mask else load_privacy(load_config(args.config))
+    except (ConfigError, StoreError) as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
+    rows = export_corrections(store, Path(args.out), privacy)
+    print(f"{rows} reviewed utterance(s) written to {args.out}/ (datasets.load_from_disk; "
+          f"also corrections.jsonl){'' if privacy else '; personal data NOT masked'}")
+    return 0
+
+
+def human_scores_command(args: argparse.Namespace) -> int:
+    from pipeline.config import config_path
+    from pipeline.review import read_human_scores
+    from pipeline.scorecard import load_scorecard
+
+    try:
+        config = load_config(args.config)
+        store = _open_store(args)
+        rows = read_human_scores(Path(args.csv), load_scorecard(config_path(config, config["scorecard"])))
+    except (ConfigError, ScorecardError, StoreError, ReadError) as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
+    store.import_human_scores(rows, source=Path(args.csv).name)
+    unknown = {c for c, _, _ in rows} - set(store.call_ids())
+    print(f"imported {len(rows)} human score(s) for {len({c for c, _, _ in rows})} call(s)"
+          + (f"; {len(unknown)} call id(s) not in the store yet" if unknown else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callqa", description="Quality scoring for Chinese call-center calls.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--store", help="results store: SQLite file or database URL (default: OUT/callqa.db)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(run=score_command)
+
+    def with_store(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--store", default="out/callqa.db", help="results store: SQLite file or database URL "
+                                                                  "(default: out/callqa.db)")
+        sub.add_argument("--config", help="pipeline config YAML (default: configs/pipeline.yaml)")
+        return sub
+
+    review = with_store("review", "web app for trainers: flagged moments, playback, verdicts")
+    review.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
+                                                             "this machine only)")
+    review.add_argument("--port", type=int, default=8765)
+    review.add_argument("--audio-root", action="append", type=Path,
+                        help="folder the audio files may be served from (repeatable; default: the current folder)")
+    review.add_argument("--export-dir", default="out/exports", help="where exported corrections go")
+    review.set_defaults(run=review_command)
+
+    clips = with_store("clips", "export flagged moments as short audio clips with an index")
+    clips.add_argument("--out", required=True, help="folder for the clips and index.csv / index.html")
+    for name in ("week", "agent", "grade", "dimension", "flag"):
+        clips.add_argument(f"--{name}", help=f"only calls with this {name}")
+    clips.add_argument("--padding", type=float, help="seconds kept either side (default: review.clip_padding)")
+    clips.add_argument("--no-mask", action="store_true", help="keep personal data audible and readable")
+    clips.set_defaults(run=clips_command)
+
+    corrections = with_store("corrections", "export reviewer verdicts as a labelled `datasets` set")
+    corrections.add_argument("--out", required=True, help="folder for the dataset (datasets.load_from_disk)")
+    corrections.add_argument("--no-mask", action="store_true", help="keep personal data in the text")
+    corrections.set_defaults(run=corrections_command)
+
+    human = with_store("human-scores", "import human QA scores (CSV) for the calibration view")
+    human.add_argument("csv", help="CSV with call_id and total and/or dimension columns (listening or 倾听 ...)")
+    human.set_defaults(run=human_scores_command)
 
     batch = commands.add_parser("batch", help="score a week of calls into a run folder; resumable")
     batch.add_argument("input", help="folder of transcripts/recordings, or a manifest CSV with a path column")

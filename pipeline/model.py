@@ -107,6 +107,7 @@ class Evidence(_Model):
     end: float | None = None
     text: str = ""
     note: str = ""
+    points: float = 0.0  # this occurrence's share of the rule's points (0 once capped)
 
 
 class RuleResult(_Model):

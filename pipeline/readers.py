@@ -5,7 +5,7 @@ Accepted inputs:
   or a list of such objects, or a Call written by callqa itself.
 - Plain text as QA teams paste it: one `坐席：…` / `客户：…` line per turn
   (also `A:`/`B:`, `agent:`/`customer:`); a line without a label continues the
-  turn above it.
+  turn above it, and a label that is not in the config's `roles` is an error.
 - CSV: one row per turn with columns role (or speaker), text and optionally
   call_id, start, end; several calls per file are grouped by call_id.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.model import Call, Turn
-from pipeline.normalize import normalize_text
+from pipeline.normalize import normalize_text, to_simplified
 
 TRANSCRIPT_SUFFIXES = (".json", ".txt", ".csv")
 _CJK_OR_ASCII = re.compile(r"[\u3400-\u9fffA-Za-z0-9]")
@@ -69,7 +69,7 @@ class RoleMap:
         }
 
     def role_of(self, label: object) -> str | None:
-        return self._roles.get(str(label).strip().lower())
+        return self._roles.get(to_simplified(str(label)).strip().lower())
 
     def require(self, label: object, where: str) -> str:
         role = self.role_of(label)
@@ -169,13 +169,11 @@ def _read_dialogue_text(text: str, path: Path, roles: RoleMap) -> list[Call]:
             continue
         where = f"{path}:{lineno}"
         match = _LABELLED_LINE.match(line)
-        role = roles.role_of(match.group(1)) if match else None
-        if role is not None:
+        if match:  # a "label：" prefix must be a known speaker, never silently merged
+            role = roles.require(match.group(1), where)
             turns.append(_make_turn(len(turns), role, match.group(2), speaker=match.group(1).strip()))
         elif turns:  # a wrapped line continues the turn above
             turns[-1].text = normalize_text(turns[-1].text + line.strip())
-        elif match:
-            roles.require(match.group(1), where)
         else:
             raise ReadError(f"{where}: expected a speaker label such as `坐席：` or `客户：`")
     return [Call(id=path.stem, turns=turns)]

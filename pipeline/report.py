@@ -63,19 +63,26 @@ def _highlight(text: str, tags) -> Markup:
 
 
 def render_call_html(call: Call, audio_src: str | None = None) -> str:
-    reasons = defaultdict(list)
+    # Beside each turn: the rules its evidence belongs to, with that occurrence's points.
+    reasons = defaultdict(dict)
     for dim in call.scores.dimensions.values():
         for result in dim.results:
-            if result.status in ("deduct", "bonus", "excepted"):
-                for turn_id in {t for e in result.evidence for t in e.turn_ids[:1]}:
-                    reasons[turn_id].append(result)
+            if result.status not in ("deduct", "bonus", "excepted"):
+                continue
+            for evidence in result.evidence:
+                if evidence.turn_ids:
+                    shown = reasons[evidence.turn_ids[0]].get(result.rule_id)
+                    points = evidence.points + (shown["points"] if shown else 0.0)
+                    reasons[evidence.turn_ids[0]][result.rule_id] = dict(
+                        rule_id=result.rule_id, description=result.description,
+                        status=result.status, points=points)
     events = defaultdict(list)
     for event in call.events:
         if event.kind in EVENT_KINDS and event.turn_ids:
             events[event.turn_ids[-1]].append(event)
     rows = [dict(turn=t, clock=_clock(t.start) if t.start is not None else "",
                  role_label=ROLE_LABELS[t.role], html=_highlight(t.text, call.tags_for(t.id)),
-                 reasons=reasons.get(t.id, []), events=events.get(t.id, []))
+                 reasons=list(reasons.get(t.id, {}).values()), events=events.get(t.id, []))
             for t in call.turns]
     return _env.get_template("call.html").render(call=call, scores=call.scores, rows=rows,
                                                  audio_src=audio_src)

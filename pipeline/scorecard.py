@@ -109,9 +109,10 @@ def load_scorecard(path: str | Path) -> Scorecard:
     except FileNotFoundError:
         raise ScorecardError(f"{path}: scorecard file not found") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ScorecardError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        opened = f" (in what starts at line {context.line + 1})" if context else ""
+        raise ScorecardError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}{opened}") from None
     try:
         return _build(data, str(path))
     except RuleError as err:
@@ -255,18 +256,27 @@ def _apply_response(rule: Rule, ctx: Context, result) -> RuleResult:
 
 
 def _deduct(rule: Rule, ctx: Context, result, hits: list, once: bool) -> RuleResult:
+    """Deduct (or add) points for the hits. Several hits in one utterance
+    ("我不清楚，需要问一下") are one occurrence; each occurrence's share of the
+    points is kept on its evidence, up to the rule's cap."""
     if rule.unless is not None:
         exceptions = rule.unless.hits(ctx)
         if exceptions:
             return result("excepted", evidence=[_evidence(h, "exception applies") for h in exceptions[:3]])
-    # Several hits in one utterance ("我不清楚，需要问一下") are one occurrence.
-    count = 1 if once else len({h.turn_ids for h, _ in hits})
-    points = rule.points * count
-    if rule.max_points is not None:
-        points = min(points, rule.max_points)
     sign = 1 if rule.type == "bonus" else -1
-    evidence = [_evidence(h, note) for h, note in hits if h is not None]
-    return result("bonus" if sign > 0 else "deduct", sign * points, evidence)
+    budget = rule.max_points if rule.max_points is not None else float("inf")
+    evidence, counted = [], set()
+    for hit, note in hits:
+        share = 0.0
+        occurrence = None if hit is None else hit.turn_ids
+        if occurrence not in counted and not (once and counted):
+            counted.add(occurrence)
+            share = min(rule.points, budget)
+            budget -= share
+        if hit is not None:
+            evidence.append(_evidence(hit, note).model_copy(update={"points": sign * share}))
+    total = min(rule.points * len(counted), rule.max_points if rule.max_points is not None else float("inf"))
+    return result("bonus" if sign > 0 else "deduct", sign * total, evidence)
 
 
 def score_call(call: Call, scorecard: Scorecard) -> Call:

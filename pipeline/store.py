@@ -33,6 +33,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.util import CommandError
 
 from pipeline.model import Call
 
@@ -230,6 +231,9 @@ def _sqlite_engine(url: str) -> sa.Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL still commits atomically (a crash never tears a call);
+        # only the last commits before a power cut may be lost, and a batch redoes those.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -256,6 +260,8 @@ class Store:
             self.migrate()
         except sa.exc.SQLAlchemyError as err:
             raise StoreError(f"{url_or_path}: cannot open the results store: {err}") from None
+        except CommandError as err:  # e.g. a schema version from a newer callqa
+            raise StoreError(f"{url_or_path}: cannot upgrade the results store schema: {err}") from None
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -284,10 +290,10 @@ class Store:
         """Store a scored call, replacing an earlier version of the same id, in one transaction."""
         if call.scores is None:
             raise StoreError(f"call {call.id!r}: only scored calls can be saved")
-        call = call.model_copy(deep=True)
         if call.audio is not None and Path(call.audio.path).exists():
-            # Absolute, so the review app finds the audio from any folder.
-            call.audio.path = str(Path(call.audio.path).resolve())
+            # Absolute, so the review app finds the audio from any folder (the caller's call is left as is).
+            audio = call.audio.model_copy(update={"path": str(Path(call.audio.path).resolve())})
+            call = call.model_copy(update={"audio": audio})
         row = dict(
             id=call.id, source=call.source, agent_id=call.agent_id, team=call.team, date=call.date,
             week=iso_week(call.date), industry=call.industry,

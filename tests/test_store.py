@@ -111,25 +111,37 @@ def test_iso_week():
     assert iso_week("next tuesday") is None and iso_week(None) is None
 
 
-# A writer that saves a large call over and over, alternating two versions, until killed.
+# A writer that saves a long call over and over, alternating two versions, until killed.
 _WRITER = """
 import sys
-from pipeline.scoring import Scorer
+from pipeline.model import Call
 from pipeline.store import Store
-scorer = Scorer()
-call = scorer.score(scorer.read("samples/calls/telecom_bad_interrupt_01.json")[0])
+call = Call.from_json(open(sys.argv[2], encoding="utf-8").read())
 big = call.model_copy(deep=True)
 n = len(call.turns)
 for k in range(1, 150):   # a long call: each save is one big transaction
-    for t in call.turns:
-        big.turns.append(t.model_copy(update={"id": t.id + k * n}))
+    big.turns += [t.model_copy(update={"id": t.id + k * n}) for t in call.turns]
     big.tags += [g.model_copy(update={"turn_id": g.turn_id + k * n}) for g in call.tags]
 store = Store(sys.argv[1])
 print("ready", flush=True)
 for i in range(10**6):
-    version = big if i % 2 else call
-    store.save_call(version, "sha", f"v{i}")
+    store.save_call(big if i % 2 else call, "sha", f"v{i}")
 """
+
+
+def _start_writer(path: str, call_json) -> subprocess.Popen:
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, path, str(call_json)], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    return writer
+
+
+@pytest.fixture
+def call_json(tmp_path, sample_calls):
+    call = next(c for c, _ in sample_calls if c.id == "telecom_bad_interrupt_01")
+    path = tmp_path / "call.json"
+    path.write_text(call.to_json(), encoding="utf-8")
+    return path
 
 
 def _consistent(store: Store) -> list[str]:
@@ -149,12 +161,10 @@ def _consistent(store: Store) -> list[str]:
 
 
 @pytest.mark.slow
-def test_killed_writer_leaves_the_store_consistent(tmp_path):
+def test_killed_writer_leaves_the_store_consistent(tmp_path, call_json):
     path = str(tmp_path / "callqa.db")
     for delay in (0.3, 0.7, 1.1, 1.6):
-        writer = subprocess.Popen([sys.executable, "-c", _WRITER, path], cwd=REPO_ROOT,
-                                  stdout=subprocess.PIPE, text=True)
-        assert writer.stdout.readline().strip() == "ready"
+        writer = _start_writer(path, call_json)
         time.sleep(delay)
         writer.send_signal(signal.SIGKILL)  # no cleanup, no rollback: a crash
         writer.wait()
@@ -167,16 +177,13 @@ def test_killed_writer_leaves_the_store_consistent(tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_writers_and_a_reader(tmp_path, sample_calls):
+def test_concurrent_writers_and_a_reader(tmp_path, sample_calls, call_json):
     """Two processes saving while this one records verdicts and reads: nothing fails, nothing tears."""
     path = str(tmp_path / "callqa.db")
     store = Store(path)
     call, sha = sample_calls[0]
     store.save_call(call, sha, "c")
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, path], cwd=REPO_ROOT,
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    for w in writers:
-        assert w.stdout.readline().strip() == "ready"
+    writers = [_start_writer(path, call_json) for _ in range(2)]
     deadline = time.time() + 3
     verdict_count = 0
     while time.time() < deadline:
@@ -189,3 +196,13 @@ def test_concurrent_writers_and_a_reader(tmp_path, sample_calls):
         w.wait()
     assert len(store.verdicts(call.id)) == verdict_count
     assert _consistent(store) == []
+
+
+def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path):
+    path = str(tmp_path / "fresh.db")
+    code = "import sys; from pipeline.store import Store; print(Store(sys.argv[1]).schema_version())"
+    openers = [subprocess.Popen([sys.executable, "-c", code, path], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=120) for p in openers]
+    assert [p.returncode for p in openers] == [0, 0, 0], [err[-300:] for _, err in results]
+    assert [out.strip() for out, _ in results] == ["0001"] * 3
