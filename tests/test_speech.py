@@ -108,7 +108,7 @@ def test_overlaps_come_from_channel_activity(name):
     audio = load_audio(AUDIO / f"{name}.wav")
     activity = [speech_regions(audio.samples[c], config["vad"]) for c in (0, 1)]
     agent = agent_channel(name)
-    events = overlap_events(activity[agent], activity[1 - agent], config["min_overlap_seconds"], [])
+    events = overlap_events(activity[agent], activity[1 - agent], config["overlap"], [])
     planned = truth(name)["overlaps"]
     assert len(events) == len(planned)
     for event, plan in zip(events, planned):
