@@ -127,6 +127,22 @@ def test_agent_is_the_speaker_with_service_wording():
     assert decision.agent == "S1" and 0.5 < decision.confidence < 0.7
 
 
+def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
+    """A 95 s monologue is cut at quiet points into pieces under max_utterance_seconds."""
+    from pipeline.vad import split_long_regions
+
+    config = load_speech_config()
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0, 0.1, 95 * 16000).astype(np.float32)
+    for pause in (20.0, 47.0, 71.0):  # breaths
+        samples[int(pause * 16000) : int((pause + 0.3) * 16000)] *= 0.01
+    pieces = split_long_regions(samples, [(0.0, 95.0)], config["max_utterance_seconds"])
+    assert all(end - start <= config["max_utterance_seconds"] for start, end in pieces)
+    assert pieces[0][0] == 0.0 and pieces[-1][1] == 95.0
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert any(abs(end - 47.15) < 0.1 for _, end in pieces)  # cut inside the pause
+
+
 def test_repeated_phrase_loops_are_cut():
     assert cut_loops("好的好的好的好的好的好的好的", 12, 4) == "好的"
     assert cut_loops("对对对，是这样", 12, 4) == "对对对，是这样"
