@@ -64,8 +64,15 @@ def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool) -
     if calls:
         call_files = sorted(CALLS.glob("*.wav"))
         started = time.perf_counter()
-        call_seconds = sum(transcribe_file(f, config, recognizer).audio.duration for f in call_files)
-        result["calls"] = {"count": len(call_files), "audio_seconds": call_seconds, "wall": time.perf_counter() - started}
+        transcribed = [transcribe_file(f, config, recognizer, json.loads(f.with_suffix(".json").read_text())["agent_channel"]) for f in call_files]
+        result["calls"] = {
+            "count": len(call_files),
+            "audio_seconds": sum(c.audio.duration for c in transcribed),
+            "wall": time.perf_counter() - started,
+            # Per role, texts in time order, for the CER against the script.
+            "texts": [{role: "".join(t.text for t in c.turns if t.role == role) for role in ("agent", "customer")} for c in transcribed],
+            "files": [f.name for f in call_files],
+        }
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -109,6 +116,10 @@ def main() -> None:
         )
         if "calls" in r:
             c = r["calls"]
+            for name, texts in zip(c["files"], c["texts"]):
+                script = json.loads((CALLS / name).with_suffix(".json").read_text(encoding="utf-8"))["turns"]
+                pairs = [cer(texts[role], "".join(t["text"] for t in script if t["role"] == role)) for role in ("agent", "customer")]
+                print(f"  {name}: CER {sum(e for e, _ in pairs) / sum(n for _, n in pairs):.1%}")
             print(
                 f"  end to end on {c['count']} generated calls ({c['audio_seconds']:.0f} s): RTF {c['wall'] / c['audio_seconds']:.3f}, "
                 f"{3600 / (c['wall'] / c['count']):.0f} calls/hour at their length, "

@@ -143,6 +143,22 @@ def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
     assert any(abs(end - 47.15) < 0.1 for _, end in pieces)  # cut inside the pause
 
 
+def test_guards_know_whispers_hallucinations_but_not_service_talk():
+    import re
+
+    from pipeline.asr import _echoes_prompt
+
+    config = load_speech_config()
+    hallucination = re.compile("|".join(config["guards"]["hallucination_patterns"]))
+    for text in ("字幕由Amara.org社区提供", "请不吝点赞 订阅 转发 打赏支持明镜与点点栏目", "中文字幕志愿者 杨茜茜", "谢谢观看!"):
+        assert hallucination.search(text), text
+    for text in ("谢谢您的耐心等待", "我帮您查一下订阅的套餐", "您的字幕显示有问题吗", "感谢您的来电"):
+        assert not hallucination.search(text), text
+    prompt = config["initial_prompt"]
+    assert _echoes_prompt("以下是普通话客服电话的录音。", prompt, config["prompt_echo_similarity"])
+    assert not _echoes_prompt("您好，请问有什么可以帮您？", prompt, config["prompt_echo_similarity"])
+
+
 def test_repeated_phrase_loops_are_cut():
     assert cut_loops("好的好的好的好的好的好的好的", 12, 4) == "好的"
     assert cut_loops("对对对，是这样", 12, 4) == "对对对，是这样"
