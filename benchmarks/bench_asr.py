@@ -1,7 +1,7 @@
 """ASR accuracy and speed on real Mandarin speech, for each backend in one run.
 
     PYTHONPATH=. python benchmarks/bench_asr.py [--backends faster-whisper openai-whisper]
-        [--limit N] [--telephone] [--calls]
+        [--limit N] [--telephone] [--calls] [--config my-speech.yaml]
 
 Clips: ../shared/real/speech (103 read/broadcast utterances with reference
 transcripts; not shipped with the project). CER normalisation (pipeline/cer.py):
@@ -36,13 +36,13 @@ SPEECH = ROOT.parent / "shared" / "real" / "speech"
 CALLS = ROOT / "tests" / "data" / "audio"
 
 
-def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool) -> dict:
+def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool, config_path: Path | None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pipeline.asr import load_recognizer, recognize
     from pipeline.audio import load_audio, resample
     from pipeline.transcribe import load_speech_config, transcribe_file
 
-    config = load_speech_config()
+    config = load_speech_config(config_path)
     config["backend"] = backend
     recognizer = load_recognizer(config)
     recognize(recognizer, np.zeros(16000, dtype=np.float32) + 1e-3, config)  # warm-up (JIT, caches)
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N clips only")
     parser.add_argument("--telephone", action="store_true", help="8 kHz G.711 mu-law simulation")
     parser.add_argument("--calls", action="store_true", help="also time the full speech stage on the test calls")
+    parser.add_argument("--config", type=Path, help="a YAML file whose speech: keys override configs/speech.yaml")
     parser.add_argument("--save", type=Path, help="write per-clip hypotheses as JSON here")
     args = parser.parse_args()
     if not SPEECH.is_dir():
@@ -96,7 +97,7 @@ def main() -> None:
     results = {}
     for backend in args.backends:
         with context.Pool(1) as pool:
-            results[backend] = pool.apply(run_backend, (backend, clips, args.telephone, args.calls))
+            results[backend] = pool.apply(run_backend, (backend, clips, args.telephone, args.calls, args.config))
 
     condition = "8 kHz G.711 mu-law (simulated)" if args.telephone else "16 kHz as recorded"
     print(f"{len(clips)} clips, {results[args.backends[0]]['audio_seconds']:.0f} s of audio, {condition}")
