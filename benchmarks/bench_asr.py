@@ -1,7 +1,7 @@
 """ASR accuracy and speed on real Mandarin speech, for each backend in one run.
 
     PYTHONPATH=. python benchmarks/bench_asr.py [--backends faster-whisper openai-whisper]
-        [--limit N] [--telephone] [--calls]
+        [--limit N] [--telephone] [--calls] [--config my-speech.yaml]
 
 Clips: ../shared/real/speech (103 read/broadcast utterances with reference
 transcripts; not shipped with the project). CER normalisation (pipeline/cer.py):
@@ -36,13 +36,13 @@ SPEECH = ROOT.parent / "shared" / "real" / "speech"
 CALLS = ROOT / "tests" / "data" / "audio"
 
 
-def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool) -> dict:
+def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool, config_path: Path | None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pipeline.asr import load_recognizer, recognize
     from pipeline.audio import load_audio, resample
     from pipeline.transcribe import load_speech_config, transcribe_file
 
-    config = load_speech_config()
+    config = load_speech_config(config_path)
     config["backend"] = backend
     recognizer = load_recognizer(config)
     recognize(recognizer, np.zeros(16000, dtype=np.float32) + 1e-3, config)  # warm-up (JIT, caches)
@@ -64,8 +64,15 @@ def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool) -
     if calls:
         call_files = sorted(CALLS.glob("*.wav"))
         started = time.perf_counter()
-        call_seconds = sum(transcribe_file(f, config, recognizer).audio.duration for f in call_files)
-        result["calls"] = {"count": len(call_files), "audio_seconds": call_seconds, "wall": time.perf_counter() - started}
+        transcribed = [transcribe_file(f, config, recognizer, json.loads(f.with_suffix(".json").read_text())["agent_channel"]) for f in call_files]
+        result["calls"] = {
+            "count": len(call_files),
+            "audio_seconds": sum(c.audio.duration for c in transcribed),
+            "wall": time.perf_counter() - started,
+            # Per role, texts in time order, for the CER against the script.
+            "texts": [{role: "".join(t.text for t in c.turns if t.role == role) for role in ("agent", "customer")} for c in transcribed],
+            "files": [f.name for f in call_files],
+        }
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -78,6 +85,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N clips only")
     parser.add_argument("--telephone", action="store_true", help="8 kHz G.711 mu-law simulation")
     parser.add_argument("--calls", action="store_true", help="also time the full speech stage on the test calls")
+    parser.add_argument("--config", type=Path, help="a YAML file whose speech: keys override configs/speech.yaml")
     parser.add_argument("--save", type=Path, help="write per-clip hypotheses as JSON here")
     args = parser.parse_args()
     if not SPEECH.is_dir():
@@ -89,7 +97,7 @@ def main() -> None:
     results = {}
     for backend in args.backends:
         with context.Pool(1) as pool:
-            results[backend] = pool.apply(run_backend, (backend, clips, args.telephone, args.calls))
+            results[backend] = pool.apply(run_backend, (backend, clips, args.telephone, args.calls, args.config))
 
     condition = "8 kHz G.711 mu-law (simulated)" if args.telephone else "16 kHz as recorded"
     print(f"{len(clips)} clips, {results[args.backends[0]]['audio_seconds']:.0f} s of audio, {condition}")
@@ -109,6 +117,10 @@ def main() -> None:
         )
         if "calls" in r:
             c = r["calls"]
+            for name, texts in zip(c["files"], c["texts"]):
+                script = json.loads((CALLS / name).with_suffix(".json").read_text(encoding="utf-8"))["turns"]
+                pairs = [cer(texts[role], "".join(t["text"] for t in script if t["role"] == role)) for role in ("agent", "customer")]
+                print(f"  {name}: CER {sum(e for e, _ in pairs) / sum(n for _, n in pairs):.1%}")
             print(
                 f"  end to end on {c['count']} generated calls ({c['audio_seconds']:.0f} s): RTF {c['wall'] / c['audio_seconds']:.3f}, "
                 f"{3600 / (c['wall'] / c['count']):.0f} calls/hour at their length, "

@@ -81,7 +81,7 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
     channels += rng.normal(0, NOISE_LEVEL, channels.shape).astype(np.float32)
     overlaps = [
         {
-            "kind": "interruption" if later["role"] == "agent" else "overlap_customer",
+            "kind": "interruption" if later["role"] == "agent" else "customer_overlap",
             "role": later["role"],
             "start": later["start"],
             "end": min(earlier["end"], later["end"]),

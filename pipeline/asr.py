@@ -125,6 +125,9 @@ class OpenAIWhisperRecognizer:
             fp16=False,
             verbose=None,
             without_timestamps=one_window,
+            # With a threshold longer than the window, openai-whisper moves on to the
+            # next window instead of decoding the tail after the last word again.
+            hallucination_silence_threshold=WHISPER_WINDOW_SECONDS if one_window else None,
         )
         return [
             Segment(
@@ -148,8 +151,8 @@ def _fits_one_window(samples: np.ndarray) -> bool:
 
     Both implementations then decode the audio after the last word again as a new
     window, and on that fraction of a second of near-silence Whisper hallucinates
-    ("字幕…", "请按赏订阅"): only the first segment is kept. Word times still come
-    from the cross-attention alignment.
+    ("字幕…", "请按赏订阅"): only the first segment is kept, and the tail is not
+    decoded at all. Word times still come from the cross-attention alignment.
     """
     return len(samples) <= WHISPER_WINDOW_SECONDS * 16000
 

@@ -34,15 +34,15 @@ def decide_agent(
     config: dict,
     prior: dict[str, float] | None = None,
 ) -> RoleDecision:
-    """The agent among two speakers (a lone speaker is the agent with confidence 0.5)."""
+    """The agent among two speakers (a lone speaker, or none, gives confidence 0.5)."""
     evidence = {}
     for speaker, texts in texts_by_speaker.items():
         evidence[speaker] = wording_score(texts, config)
         evidence[speaker] += config["first_speaker_weight"] if speaker == first_speaker else 0.0
         evidence[speaker] += (prior or {}).get(speaker, 0.0)
     ranked = sorted(evidence, key=lambda s: evidence[s], reverse=True)
-    if len(ranked) == 1:
-        return RoleDecision(ranked[0], 0.5, evidence)
+    if len(ranked) < 2:
+        return RoleDecision(ranked[0] if ranked else first_speaker, 0.5, evidence)
     margin = evidence[ranked[0]] - evidence[ranked[1]]
     confidence = 1 / (1 + math.exp(-config["evidence_scale"] * margin))
     return RoleDecision(ranked[0], confidence, evidence)

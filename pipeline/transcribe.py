@@ -20,7 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from pipeline import roles
-from pipeline.asr import Recognizer, load_recognizer, recognize
+from pipeline.asr import PUNCTUATION, Recognizer, load_recognizer, recognize
 from pipeline.audio import SAMPLE_RATE, Audio, load_audio
 from pipeline.diarize import SpeakerRegion, diarize
 from pipeline.model import AudioInfo, Call, Event, Turn, Word
@@ -66,6 +66,8 @@ def transcribe_file(
         events = []  # one signal: overlaps cannot be measured, the event stage uses turn times
         versions = {"vad": "silero-vad-v6", "diarization": "resemblyzer-0.1.4+kmeans"}
     versions["asr"] = recognizer.name
+    if not turns:
+        warnings.append("no speech recognised in the recording")
     return Call(
         id=Path(path).stem,
         source=str(path),
@@ -121,7 +123,9 @@ def _stereo(audio: Audio, agent_channel: int, config: dict, recognizer: Recogniz
     for turn in turns:
         turn.role = "agent" if turn.speaker == decision.agent else "customer"
     agent = int(decision.agent[2:])
-    events = overlap_events(activity[agent], activity[1 - agent], config["min_overlap_seconds"], turns)
+    events = overlap_events(activity[agent], activity[1 - agent], config["overlap"], turns)
+    # A backchannel (嗯, 好的) over the other speaker is listening, not interrupting.
+    events = [e for e in events if _spoken_chars(_turn_at(turns, e.role, e.start)) >= config["overlap"]["min_interrupter_chars"]]
     return turns, events, decision
 
 
@@ -203,19 +207,20 @@ def _recognize_pieces(
     return turns
 
 
-def overlap_events(agent: list[Region], customer: list[Region], min_overlap: float, turns: list[Turn]) -> list[Event]:
+def overlap_events(agent: list[Region], customer: list[Region], config: dict, turns: list[Turn]) -> list[Event]:
     """Where one side starts speaking while the other is still speaking.
 
     Agent starting over the customer is an "interruption"; the customer starting
-    over the agent is "overlap_customer" (a frustration signal).
+    over the agent is "customer_overlap" (a frustration signal). Both starting
+    together is neither.
     """
     events = []
     for a_start, a_end in agent:
         for c_start, c_end in customer:
             overlap = min(a_end, c_end) - max(a_start, c_start)
-            if overlap < min_overlap:
+            if overlap < config["min_seconds"] or abs(a_start - c_start) < config["min_start_delay"]:
                 continue
-            kind, role = ("interruption", "agent") if a_start > c_start else ("overlap_customer", "customer")
+            kind, role = ("interruption", "agent") if a_start > c_start else ("customer_overlap", "customer")
             start = max(a_start, c_start)
             events.append(
                 Event(
@@ -231,7 +236,17 @@ def overlap_events(agent: list[Region], customer: list[Region], min_overlap: flo
     return sorted(events, key=lambda e: e.start)
 
 
+def _turn_at(turns: list[Turn], role: str, time: float) -> Turn | None:
+    own = [t for t in turns if t.role == role and t.start <= time + 0.1 and t.end >= time]
+    return own[0] if own else None
+
+
+def _spoken_chars(turn: Turn | None) -> int:
+    return len(PUNCTUATION.sub("", turn.text)) if turn else 0
+
+
 def _same_signal(left: np.ndarray, right: np.ndarray) -> bool:
+    left, right = left[::8], right[::8]  # every 8th sample is plenty, and keeps hour-long calls cheap
     if not left.any() or not right.any():
         return False
     return float(np.corrcoef(left, right)[0, 1]) > SAME_SIGNAL_CORRELATION

@@ -108,7 +108,7 @@ def test_overlaps_come_from_channel_activity(name):
     audio = load_audio(AUDIO / f"{name}.wav")
     activity = [speech_regions(audio.samples[c], config["vad"]) for c in (0, 1)]
     agent = agent_channel(name)
-    events = overlap_events(activity[agent], activity[1 - agent], config["min_overlap_seconds"], [])
+    events = overlap_events(activity[agent], activity[1 - agent], config["overlap"], [])
     planned = truth(name)["overlaps"]
     assert len(events) == len(planned)
     for event, plan in zip(events, planned):
@@ -125,6 +125,38 @@ def test_agent_is_the_speaker_with_service_wording():
     # Without wording, who speaks first decides, with low confidence.
     decision = roles.decide_agent({"S0": ["嗯"], "S1": ["嗯"]}, first_speaker="S1", config=config)
     assert decision.agent == "S1" and 0.5 < decision.confidence < 0.7
+
+
+def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
+    """A 95 s monologue is cut at quiet points into pieces under max_utterance_seconds."""
+    from pipeline.vad import split_long_regions
+
+    config = load_speech_config()
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0, 0.1, 95 * 16000).astype(np.float32)
+    for pause in (20.0, 47.0, 71.0):  # breaths
+        samples[int(pause * 16000) : int((pause + 0.3) * 16000)] *= 0.01
+    pieces = split_long_regions(samples, [(0.0, 95.0)], config["max_utterance_seconds"])
+    assert all(end - start <= config["max_utterance_seconds"] for start, end in pieces)
+    assert pieces[0][0] == 0.0 and pieces[-1][1] == 95.0
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert any(abs(end - 47.15) < 0.1 for _, end in pieces)  # cut inside the pause
+
+
+def test_guards_know_whispers_hallucinations_but_not_service_talk():
+    import re
+
+    from pipeline.asr import _echoes_prompt
+
+    config = load_speech_config()
+    hallucination = re.compile("|".join(config["guards"]["hallucination_patterns"]))
+    for text in ("字幕由Amara.org社区提供", "请不吝点赞 订阅 转发 打赏支持明镜与点点栏目", "中文字幕志愿者 杨茜茜", "谢谢观看!"):
+        assert hallucination.search(text), text
+    for text in ("谢谢您的耐心等待", "我帮您查一下订阅的套餐", "您的字幕显示有问题吗", "感谢您的来电"):
+        assert not hallucination.search(text), text
+    prompt = config["initial_prompt"]
+    assert _echoes_prompt("以下是普通话客服电话的录音。", prompt, config["prompt_echo_similarity"])
+    assert not _echoes_prompt("您好，请问有什么可以帮您？", prompt, config["prompt_echo_similarity"])
 
 
 def test_repeated_phrase_loops_are_cut():
