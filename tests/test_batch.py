@@ -290,7 +290,7 @@ def test_weekly_report_compares_with_the_previous_run(tmp_path):
     assert page.count("data:image/png;base64,") == 4  # grades, dimensions, agents, flags
     with open(tmp_path / "run47" / "report" / "flags.csv", encoding="utf-8-sig") as handle:
         flags = list(csv.DictReader(handle))
-    assert flags and re.fullmatch(r"http://localhost:8000/calls/[\w%]+#turn-\d+", flags[0]["example_1"])
+    assert flags and re.fullmatch(r"http://127.0.0.1:8765/calls/[\w%]+#turn-\d+", flags[0]["example_1"])
     assert f'href="{flags[0]["example_1_page"]}"' in page
     with open(tmp_path / "run47" / "report" / "grades.csv", encoding="utf-8-sig") as handle:
         assert sum(int(row["calls"]) for row in csv.DictReader(handle)) == 3
