@@ -115,6 +115,21 @@ def _huge_header_wav(path: Path) -> None:
                      + b"data" + struct.pack("<I", 0xFFFFFFC0) + b"\x00\x01" * 800)
 
 
+def test_process_item_turns_each_failure_into_a_row_naming_the_stage(tmp_path):
+    """The stage function both engines run, called directly: it never raises."""
+    from pipeline.batch import Item, Stages, process_item
+
+    stages = Stages()
+    ok = process_item(Item(str(SAMPLES / "logistics_calls.csv"), done_ids=frozenset({"logistics_good_01"})), stages)
+    assert [c.id for c in ok.calls] == ["logistics_bad_interrupt_02"] and ok.skipped == ["logistics_good_01"]
+    assert ok.calls[0].scores is not None and set(ok.seconds) == {"read", "tag", "events", "score"}
+    (tmp_path / "bad.txt").write_text("主持人：大家好\n", encoding="utf-8")
+    (tmp_path / "silent.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20) + b"data\x00\x00\x00\x00")
+    for name, stage in (("bad.txt", "read"), ("silent.wav", "transcribe")):
+        outcome = process_item(Item(str(tmp_path / name)), stages)
+        assert not outcome.calls and [(e.stage, e.path) for e in outcome.errors] == [(stage, str(tmp_path / name))]
+
+
 @pytest.mark.slow
 def test_bad_files_become_error_rows_and_the_batch_carries_on(tmp_path):
     inputs = tmp_path / "calls"
