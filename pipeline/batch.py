@@ -488,6 +488,8 @@ def run_batch(input_path: str | Path, out_dir: str | Path, *, workers: int | Non
         if previous:
             read_previous(Path(previous))  # a wrong --previous fails now, not after hours of scoring
         items, errors = find_items(input_path, out_dir)
+        if not items and not errors:
+            raise BatchError(f"{input_path}: no files to score")
         versions = version_keys(stages)
         workers = workers or (None if engine == "ray" and ray_address else default_workers(items, stages.config))
         log.info("run: %s -> %s, %d file(s), engine %s, workers %s; versions %s",
