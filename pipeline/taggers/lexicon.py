@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Sequence
 
 import jieba
-import spacy
 import yaml
 
 from pipeline.config import config_path
@@ -139,6 +138,8 @@ class LexiconTagger:
     @cached_property
     def nlp(self):
         """spaCy blank Chinese pipeline segmenting with jieba (built on first need)."""
+        import spacy  # imported here: it takes seconds, and commands that never tag skip it
+
         if self.user_dictionary is not None:
             jieba.load_userdict(str(self.user_dictionary))
         return spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "jieba"}}})
