@@ -155,7 +155,8 @@ def test_guards_know_whispers_hallucinations_but_not_service_talk():
     for text in ("谢谢您的耐心等待", "我帮您查一下订阅的套餐", "您的字幕显示有问题吗", "感谢您的来电"):
         assert not hallucination.search(text), text
     prompt = config["initial_prompt"]
-    assert _echoes_prompt("以下是普通话客服电话的录音。", prompt, config["prompt_echo_similarity"])
+    assert _echoes_prompt(prompt, prompt, config["prompt_echo_similarity"])
+    assert _echoes_prompt("以下是普通话的句子", "以下是普通话的句子。", config["prompt_echo_similarity"])
     assert not _echoes_prompt("您好，请问有什么可以帮您？", prompt, config["prompt_echo_similarity"])
 
 
