@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) --upgrade pip
 	# The CPU build of torch: a bare `torch` would pull a multi-GB CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test]"
+	# Their declared dependencies are broken here (Resemblyzer: source-only webrtcvad and a
+	# `typing` that shadows the standard module; openai-whisper: triton), so the packages go in
+	# with --no-deps and pyproject.toml lists what they need.
+	$(PIP) --no-deps Resemblyzer==0.1.4 openai-whisper==20250625
+	$(PIP) -e ".[test,train]"
 	touch $@
 
 system-deps:
@@ -30,7 +34,7 @@ demo: $(VENV)/.installed
 	@echo "open out/demo/calls/telecom_bad_interrupt_01.html in a browser"
 
 test: system-deps $(VENV)/.installed
-	$(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_text.py

@@ -50,17 +50,10 @@ from pipeline.config import load_config
 from pipeline.model import Call
 from pipeline.readers import ReadError, decode_text
 from pipeline.report import write_call, write_csv
-from pipeline.scoring import Scorer
+from pipeline.scoring import Scorer, is_audio
 from pipeline.store import Store, file_sha256
 from pipeline.weekly import read_previous, summarize, write_weekly_report
 
-try:  # optional: without the speech stage, audio files become error rows
-    from pipeline import transcribe as speech
-    from pipeline.asr import load_recognizer
-except ImportError as err:
-    speech, SPEECH_MISSING = None, f"speech stage not installed ({err})"
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".amr", ".ogg", ".opus", ".wma")
 CALL_FIELDS = ("agent_id", "team", "date", "industry")
 CHANNEL_LAYOUTS = {"mono": None, "agent_left": 0, "agent_right": 1}
 MAX_MESSAGE_CHARS = 500  # a CSV header of a million columns must not become a million-column error
@@ -87,7 +80,7 @@ class Item:
 
     @property
     def is_audio(self) -> bool:
-        return Path(self.path).suffix.lower() in AUDIO_SUFFIXES
+        return is_audio(self.path)
 
     @property
     def expected_id(self) -> str | None:
@@ -194,26 +187,14 @@ class Stages:
     def __init__(self, config_path: str | None = None, threads: int = 1, device: str = "cpu"):
         self.config_path = config_path
         self.config = load_config(config_path)
-        self.scorer = Scorer(self.config)
-        self.threads, self.device = threads, device
-        self._speech = None  # (speech config, recogniser)
-
-    def transcribe(self, path: Path, agent_channel: int | None) -> Call:
-        if speech is None:
-            raise ReadError(f"{path}: {SPEECH_MISSING}")
-        if self._speech is None:
-            config = speech.load_speech_config(self.config_path)
-            config.update(cpu_threads=self.threads, device=self.device)
-            self._speech = config, load_recognizer(config)
-        config, recognizer = self._speech
-        with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # its per-turn progress bar
-            return speech.transcribe_file(path, config, recognizer, agent_channel=agent_channel)
+        self.scorer = Scorer(self.config, speech_overrides={"cpu_threads": threads, "device": device})
 
     def read(self, item: Item) -> list[Call]:
         """Stage read / transcribe: the calls in one file, with the manifest's fields applied."""
         path = Path(item.path)
         if item.is_audio:
-            calls = [self.transcribe(path, item.agent_channel)]
+            with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # its per-turn progress bar
+                calls = self.scorer.read(path, item.agent_channel)
         else:
             limit_mb = self.config["batch"]["max_transcript_mb"]
             if path.stat().st_size > limit_mb * 2**20:
@@ -464,9 +445,8 @@ def version_keys(stages: Stages) -> dict[str, str]:
     scored under other versions is scored again."""
     scorer = stages.scorer
     text = f"callqa {__version__}; config {scorer.config_version}; tagger {scorer.tagger.name}"
-    if speech is None:
-        return {"text": text, "audio": text}
-    settings = json.dumps(speech.load_speech_config(stages.config_path), sort_keys=True, ensure_ascii=False)
+    settings = {k: v for k, v in scorer.speech_config().items() if k not in ("cpu_threads", "device")}
+    settings = json.dumps(settings, sort_keys=True, ensure_ascii=False)
     return {"text": text, "audio": f"{text}; speech {hashlib.sha256(settings.encode()).hexdigest()[:16]}"}
 
 

@@ -35,7 +35,7 @@ from pipeline.model import Call
 from pipeline.readers import TRANSCRIPT_SUFFIXES, ReadError, decode_text
 from pipeline.report import write_agent_summary, write_atomic, write_batch_csv, write_call
 from pipeline.scorecard import ScorecardError
-from pipeline.scoring import Scorer
+from pipeline.scoring import AUDIO_SUFFIXES, Scorer
 from pipeline.store import Store, StoreError, file_sha256
 from pipeline.taggers.lexicon import LexiconError
 
@@ -46,7 +46,7 @@ def find_inputs(paths: list[str]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in TRANSCRIPT_SUFFIXES
+                            if p.is_file() and p.suffix.lower() in TRANSCRIPT_SUFFIXES + AUDIO_SUFFIXES
                             and not p.name.startswith("."))
         else:
             found.append(path)  # a missing file is reported by the reader, per file
@@ -81,14 +81,15 @@ def score_command(args: argparse.Namespace) -> int:
         return 2
     inputs = find_inputs(args.paths)
     if not inputs:
-        print("callqa: no transcripts (.json, .txt, .csv) found in the given paths", file=sys.stderr)
+        print("callqa: no transcripts (.json .txt .csv) or recordings (.wav .mp3 ...) found in the given paths",
+              file=sys.stderr)
         return 1
     scored: list[Call] = []
     errors: list[tuple[str, str]] = []
     for path in tqdm(inputs, desc="scoring", unit="file", disable=args.quiet or len(inputs) < 2):
         try:
-            calls = scorer.read(path)
-        except ReadError as err:
+            calls = scorer.read(path, args.agent_channel)
+        except ValueError as err:  # every input problem (ReadError, AudioError) is a ValueError
             errors.append((str(path), str(err)))
             tqdm.write(f"error: {err}", file=sys.stderr)
             continue
@@ -219,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callqa", description="Quality scoring for Chinese call-center calls.")
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="score transcripts (files or folders)")
-    score.add_argument("paths", nargs="+", help="transcript files (.json .txt .csv) or folders")
+    score.add_argument("paths", nargs="+", help="transcripts (.json .txt .csv), recordings (.wav .flac .mp3 "
+                       ".m4a .amr ...) or folders of them")
+    score.add_argument("--agent-channel", type=int, choices=(0, 1),
+                       help="stereo recordings: the agent's channel for this batch (default: configs/speech.yaml)")
     score.add_argument("--config", help="pipeline config YAML (default: configs/pipeline.yaml)")
     score.add_argument("--out", default="out", help="output folder (default: out)")
     score.add_argument("--meta", help="CSV with call_id, agent_id, team, date for calls that lack them")

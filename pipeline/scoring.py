@@ -1,7 +1,9 @@
 """Running the stages in order: file -> Call -> tags -> events -> scores.
 
-`Scorer` holds what is expensive to build (the tagger, the scorecard) so a
-batch builds it once; `Scorer.score(call)` runs the stages on one call.
+`Scorer` holds what is expensive to build (the tagger, the scorecard, and the
+speech recogniser once the first recording arrives) so a batch builds it once.
+`Scorer.read(path)` turns a transcript or a recording into calls;
+`Scorer.score(call)` runs the stages on one call.
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ from pipeline import __version__
 from pipeline.config import config_path, load_config
 from pipeline.events import detect_events
 from pipeline.model import Call
-from pipeline.readers import RoleMap, read_calls
+from pipeline.readers import ReadError, RoleMap, read_calls
 from pipeline.scorecard import Scorecard, load_scorecard, score_call
 from pipeline.taggers import Tagger, load_tagger, tag_call
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".amr", ".ogg", ".opus", ".wma")
+
+
+def is_audio(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in AUDIO_SUFFIXES
 
 
 def config_version(config: dict) -> str:
@@ -37,7 +45,7 @@ def config_version(config: dict) -> str:
 
 class Scorer:
     def __init__(self, config: dict | None = None, tagger: Tagger | None = None,
-                 scorecard: Scorecard | None = None):
+                 scorecard: Scorecard | None = None, speech_overrides: dict | None = None):
         self.config = config if config is not None else load_config()
         self.scorecard = scorecard or load_scorecard(config_path(self.config, self.config["scorecard"]))
         self.tagger = tagger or load_tagger(self.config)
@@ -45,9 +53,32 @@ class Scorer:
         pattern = self.config.get("agent_id_from_filename")
         self.agent_pattern = re.compile(pattern) if pattern else None
         self.config_version = config_version(self.config)
+        # speech settings a caller fixes for this process (cpu_threads, device)
+        self.speech_overrides = speech_overrides or {}
+        self._recognizer = None
 
-    def read(self, path: str | Path) -> list[Call]:
-        calls = read_calls(path, self.roles)
+    def speech_config(self) -> dict:
+        """configs/speech.yaml with the user config's `speech:` keys and the overrides.
+        Importing the speech stage is deferred: text-only work never loads torch."""
+        from pipeline.transcribe import load_speech_config
+
+        return {**load_speech_config(self.config.get("_user_file")), **self.speech_overrides}
+
+    def transcribe(self, path: str | Path, agent_channel: int | None = None) -> Call:
+        """Stage transcribe: a recording -> a Call with timed, attributed turns."""
+        try:
+            from pipeline.asr import load_recognizer
+            from pipeline.transcribe import transcribe_file
+        except ImportError as err:
+            raise ReadError(f"{path}: the speech stage is not installed ({err})") from None
+        config = self.speech_config()
+        if self._recognizer is None:
+            self._recognizer = load_recognizer(config)
+        return transcribe_file(path, config, self._recognizer, agent_channel=agent_channel)
+
+    def read(self, path: str | Path, agent_channel: int | None = None) -> list[Call]:
+        """The calls in one file: a recording is transcribed, a transcript is read."""
+        calls = [self.transcribe(path, agent_channel)] if is_audio(path) else read_calls(path, self.roles)
         for call in calls:
             if call.agent_id is None and self.agent_pattern is not None:
                 match = self.agent_pattern.search(Path(path).name)

@@ -124,3 +124,25 @@ def test_bad_scorecard_stops_before_scoring(tmp_path, capsys):
     assert main(["score", str(SAMPLES / "calls"), "--config", str(tmp_path / "cfg.yaml"),
                  "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "sc.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_score_a_recording_end_to_end(tmp_path):
+    """`callqa score` on a stereo 8 kHz μ-law recording: the same outputs as text,
+    overlaps measured from the audio, and a report that plays the call."""
+    from tests.conftest import REPO
+
+    audio = REPO / "tests" / "data" / "audio" / "call_b_stereo_8k_ulaw.wav"
+    truth = json.loads(audio.with_suffix(".json").read_text(encoding="utf-8"))
+    out = tmp_path / "out"
+    assert main(["score", str(audio), "--agent-channel", str(truth["agent_channel"]),
+                 "--out", str(out), "--quiet"]) == 0
+    call = Call.from_json((out / "calls" / "call_b_stereo_8k_ulaw.json").read_text(encoding="utf-8"))
+    assert call.audio.agent_channel == truth["agent_channel"] and call.scores is not None
+    assert [t.role for t in call.turns][:2] == ["agent", "customer"]
+    overlaps = sorted(e.kind for e in call.events if e.kind in ("interruption", "customer_overlap"))
+    assert overlaps == sorted(o["kind"] for o in truth["overlaps"])  # measured on the channels
+    html = (out / "calls" / "call_b_stereo_8k_ulaw.html").read_text(encoding="utf-8")
+    assert '<audio id="player"' in html and "call_b_stereo_8k_ulaw.wav" in html
+    row = next(csv.DictReader(open(out / "scores.csv", encoding="utf-8-sig")))
+    assert row["grade"] == call.scores.grade
