@@ -1,0 +1,170 @@
+"""Writing results: per-call JSON and HTML, the batch CSV, the per-agent summary.
+
+File writes go to a temporary name first and are renamed into place, so an
+interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
+
+from pipeline.model import AGENT_TAGS, Call
+
+# Tags a trainer should look at (red) and good practice (green).
+BAD_TAGS = {"rigid", "vague", "impatient", "perfunctory"}
+GOOD_TAGS = {"empathy", "confirmation", "polite", "apology", "proactive", "commitment",
+             "greeting", "closing", "backchannel"}
+ROLE_LABELS = {"agent": "坐席", "customer": "客户", "unknown": "?"}
+EVENT_KINDS = ("interruption", "customer_overlap", "silence")
+
+_env = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def safe_name(call_id: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id) or "call"
+
+
+# --- per call ---------------------------------------------------------------
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:02d}:{secs:02d}"
+
+
+def _highlight(text: str, tags) -> Markup:
+    """The turn text with each tagged span wrapped in <mark>; overlapping spans keep the first."""
+    spans = sorted(((t.char_start, t.char_end, t.label) for t in tags), key=lambda s: (s[0], -s[1]))
+    out, pos = [], 0
+    for start, end, label in spans:
+        if start < pos or end <= start:
+            continue
+        css = ("bad" if label in BAD_TAGS else "good" if label in GOOD_TAGS
+               else "sentiment-negative" if label == "sentiment.negative" else "neutral")
+        out.append(escape(text[pos:start]))
+        out.append(Markup('<mark class="{}" title="{}">{}</mark>').format(css, label, text[start:end]))
+        pos = end
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
+def render_call_html(call: Call, audio_src: str | None = None) -> str:
+    reasons = defaultdict(list)
+    for dim in call.scores.dimensions.values():
+        for result in dim.results:
+            if result.status in ("deduct", "bonus", "excepted"):
+                for turn_id in {t for e in result.evidence for t in e.turn_ids[:1]}:
+                    reasons[turn_id].append(result)
+    events = defaultdict(list)
+    for event in call.events:
+        if event.kind in EVENT_KINDS and event.turn_ids:
+            events[event.turn_ids[-1]].append(event)
+    rows = [dict(turn=t, clock=_clock(t.start) if t.start is not None else "",
+                 role_label=ROLE_LABELS[t.role], html=_highlight(t.text, call.tags_for(t.id)),
+                 reasons=reasons.get(t.id, []), events=events.get(t.id, []))
+            for t in call.turns]
+    return _env.get_template("call.html").render(call=call, scores=call.scores, rows=rows,
+                                                 audio_src=audio_src)
+
+
+def write_call(call: Call, out_dir: Path) -> None:
+    name = safe_name(call.id)
+    write_atomic(out_dir / "calls" / f"{name}.json", call.to_json())
+    audio = None
+    if call.audio is not None:
+        audio = os.path.relpath(call.audio.path, out_dir / "calls")
+    write_atomic(out_dir / "calls" / f"{name}.html", render_call_html(call, audio))
+
+
+# --- batch -------------------------------------------------------------------
+
+def _deductions(call: Call) -> Counter:
+    return Counter(r.rule_id for d in call.scores.dimensions.values() for r in d.results
+                   if r.status == "deduct")
+
+
+def batch_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
+    dimensions = list(calls[0].scores.dimensions) if calls else []
+    header = (["call_id", "source", "agent_id", "team", "date", "total", "grade", "critical_failed"]
+              + dimensions + [f"tag_{t}" for t in AGENT_TAGS]
+              + ["customer_negative_turns"] + [f"event_{k}" for k in EVENT_KINDS] + ["deductions"])
+    rows = []
+    for call in calls:
+        tags = Counter(t.label for t in call.tags)
+        turns_tagged = {lab: len({t.turn_id for t in call.tags if t.label == lab}) for lab in tags}
+        events = Counter(e.kind for e in call.events)
+        row = dict(call_id=call.id, source=call.source, agent_id=call.agent_id or "", team=call.team or "",
+                   date=call.date or "", total=call.scores.total, grade=call.scores.grade,
+                   critical_failed=int(call.scores.critical_failed))
+        for name in dimensions:
+            score = call.scores.dimensions[name].score
+            row[name] = "" if score is None else score
+        for tag in AGENT_TAGS:
+            row[f"tag_{tag}"] = turns_tagged.get(tag, 0)
+        row["customer_negative_turns"] = sum(1 for t in call.turns
+                                             if t.role == "customer" and t.sentiment == "negative")
+        for kind in EVENT_KINDS:
+            row[f"event_{kind}"] = events.get(kind, 0)
+        row["deductions"] = " ".join(f"{rule}×{n}" if n > 1 else rule for rule, n in sorted(_deductions(call).items()))
+        rows.append(row)
+    return header, rows
+
+
+def _csv_text(header: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    # BOM so that Excel, which QA teams open these in, reads the Chinese correctly.
+    return "\ufeff" + buffer.getvalue()
+
+
+def write_batch_csv(calls: list[Call], path: Path) -> None:
+    write_atomic(path, _csv_text(*batch_rows(calls)))
+
+
+def agent_summary_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
+    by_agent = defaultdict(list)
+    for call in calls:
+        if call.agent_id:
+            by_agent[call.agent_id].append(call)
+    dimensions = list(calls[0].scores.dimensions) if calls else []
+    grades = sorted({c.scores.grade for c in calls})
+    header = (["agent_id", "team", "calls", "mean_total"] + [f"mean_{d}" for d in dimensions]
+              + [f"grade_{g}" for g in grades] + ["top_deductions"])
+    rows = []
+    for agent, own in sorted(by_agent.items()):
+        row = dict(agent_id=agent, team=own[0].team or "", calls=len(own),
+                   mean_total=round(statistics.fmean(c.scores.total for c in own), 1))
+        for d in dimensions:
+            values = [c.scores.dimensions[d].score for c in own if c.scores.dimensions[d].applicable]
+            row[f"mean_{d}"] = round(statistics.fmean(values), 1) if values else ""
+        counts = Counter(c.scores.grade for c in own)
+        for g in grades:
+            row[f"grade_{g}"] = counts.get(g, 0)
+        deductions = sum((_deductions(c) for c in own), Counter())
+        row["top_deductions"] = " ".join(f"{rule}:{n / len(own):.2f}/call" for rule, n in deductions.most_common(3))
+        rows.append(row)
+    return header, rows
+
+
+def write_agent_summary(calls: list[Call], path: Path) -> bool:
+    header, rows = agent_summary_rows(calls)
+    if not rows:
+        return False
+    write_atomic(path, _csv_text(header, rows))
+    return True

@@ -1,0 +1,106 @@
+import copy
+
+import pytest
+
+from pipeline.events import detect_events
+from pipeline.taggers import tag_call
+from tests.conftest import make_call
+
+
+def events_of(scorer, call, config=None):
+    tag_call(call, scorer.tagger)
+    detect_events(call, config or scorer.config)
+    return call.events
+
+
+def kinds(events, kind):
+    return [e for e in events if e.kind == kind]
+
+
+def test_agent_talking_over_the_customer_is_an_interruption(scorer):
+    call = make_call(("customer", "我家宽带每天晚上都特别卡，白天还好，我想问是不是", 0.0, 6.0),
+                     ("agent", "您先重启一下光猫试试看吧", 4.8, 8.0))
+    [event] = kinds(events_of(scorer, call), "interruption")
+    assert event.role == "agent" and event.turn_ids == [0, 1]
+    assert event.start == pytest.approx(4.8) and event.end == pytest.approx(6.0)
+    assert event.value == pytest.approx(1.2)
+
+
+def test_backchannel_over_the_customer_is_not_an_interruption(scorer):
+    call = make_call(("customer", "我家宽带每天晚上都特别卡，白天还好", 0.0, 6.0),
+                     ("agent", "嗯嗯，好的", 3.0, 3.6),
+                     ("agent", "我帮您查一下线路", 6.5, 8.0))
+    assert not kinds(events_of(scorer, call), "interruption")
+
+
+def test_short_overlap_and_simultaneous_start_are_not_interruptions(scorer):
+    short = make_call(("customer", "我要查一下我的话费余额", 0.0, 3.0),
+                      ("agent", "好的我这边帮您查询", 2.8, 5.0))  # 0.2 s < min_overlap
+    together = make_call(("customer", "喂你好我要查一下话费", 0.0, 3.0),
+                         ("agent", "您好这里是客服中心", 0.3, 3.0))  # within delay_time
+    assert not kinds(events_of(scorer, short), "interruption")
+    assert not kinds(events_of(scorer, together), "interruption")
+
+
+def test_cut_in_mid_sentence_without_overlap(scorer):
+    call = make_call(("customer", "我上个月的账单里有一笔", 0.0, 3.0),
+                     ("agent", "那个是增值业务费用", 3.1, 5.0),
+                     ("customer", "不是，我是说有一笔我没用过的流量费", 5.3, 8.0))
+    [event] = kinds(events_of(scorer, call), "interruption")
+    assert event.turn_ids == [0, 1] and "cut in" in event.detail
+
+
+def test_customer_over_agent_is_reported_separately(scorer):
+    call = make_call(("agent", "根据您的套餐，本月超出的流量按每兆三毛计算", 0.0, 5.0),
+                     ("customer", "你别念了，我就问能不能退", 3.5, 6.0))
+    events = events_of(scorer, call)
+    assert not kinds(events, "interruption")
+    [event] = kinds(events, "customer_overlap")
+    assert event.role == "customer" and event.value == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("preset, found", [("strict", 2), ("standard", 1), ("lenient", 0)])
+def test_silence_presets(scorer, preset, found):
+    config = copy.deepcopy(scorer.config)
+    config["events"]["silence"]["preset"] = preset
+    call = make_call(("customer", "帮我查下订单", 0.0, 2.0),
+                     ("agent", "好的", 6.0, 7.0),        # 4 s gap
+                     ("agent", "查到了，明天送达", 14.0, 16.0))  # 7 s gap
+    silences = kinds(events_of(scorer, call, config), "silence")
+    assert len(silences) == found
+    if found:
+        assert silences[-1].role == "agent" and silences[-1].start == 7.0 and silences[-1].end == 14.0
+
+
+def test_speech_rate_is_characters_over_speaking_time(scorer):
+    call = make_call(("agent", "一二三四五六七八九十", 0.0, 2.0),    # 10 字 in 2 s
+                     ("customer", "好", 2.5, 3.0),
+                     ("agent", "一二三四五，六七八九十。", 3.5, 6.5))  # 10 字 in 3 s, punctuation not counted
+    [rate] = [e for e in kinds(events_of(scorer, call), "speech_rate") if e.role == "agent"]
+    assert rate.value == pytest.approx(20 / 5 * 60)
+    assert rate.turn_ids[0] == 0  # fastest turn first in time order, kept as evidence
+
+
+def test_talk_ratio_and_first_response(scorer):
+    call = make_call(("customer", "喂，有人吗，我要问一下退款", 0.0, 4.0),
+                     ("agent", "您好，请讲", 6.0, 8.0),
+                     ("customer", "我的退款还没到", 8.5, 10.5))
+    events = events_of(scorer, call)
+    [ratio] = kinds(events, "talk_ratio")
+    assert ratio.value == pytest.approx(2 / 8, abs=1e-3)
+    [first] = kinds(events, "first_response")
+    assert first.value == pytest.approx(2.0) and first.start == 4.0 and first.end == 6.0
+
+
+def test_calls_without_times_get_no_timing_events(scorer):
+    call = make_call(("customer", "我要投诉"), ("agent", "您好"))
+    assert events_of(scorer, call) == []
+
+
+def test_overlap_events_from_audio_are_kept(scorer):
+    from pipeline.model import Event
+
+    call = make_call(("customer", "我要查话费", 0.0, 2.0), ("agent", "好的我帮您查", 2.5, 4.0))
+    call.events = [Event(kind="interruption", role="agent", start=1.5, end=2.0, turn_ids=[0, 1], value=0.5)]
+    events = events_of(scorer, call)
+    assert len(kinds(events, "interruption")) == 1 and kinds(events, "interruption")[0].start == 1.5

@@ -1,0 +1,259 @@
+"""The scorecard engine: every construct of the rule language, N/A, caps,
+exceptions, critical rules, evidence, and errors that name the line."""
+
+import textwrap
+
+import pytest
+
+from pipeline.events import detect_events
+from pipeline.scorecard import ScorecardError, load_scorecard, score_call
+from pipeline.taggers import tag_call
+from tests.conftest import make_call
+
+HEADER = """
+name: test
+version: "1"
+grades: [{grade: 优秀, min: 90}, {grade: 良好, min: 80}, {grade: 合格, min: 70}, {grade: 不合格, min: 0}]
+dimensions:
+  listening: {label: 倾听, weight: 1}
+  expression: {label: 表达, weight: 1}
+  empathy: {label: 共情, weight: 1}
+rules:
+"""
+
+
+def card(tmp_path, rules: str):
+    path = tmp_path / "scorecard.yaml"
+    path.write_text(HEADER + textwrap.indent(textwrap.dedent(rules), "  "), encoding="utf-8")
+    return load_scorecard(path)
+
+
+def run(scorer, scorecard, call):
+    tag_call(call, scorer.tagger)
+    detect_events(call, scorer.config)
+    return score_call(call, scorecard).scores
+
+
+def result(scores, rule_id):
+    return next(r for d in scores.dimensions.values() for r in d.results if r.rule_id == rule_id)
+
+
+ANGRY = make_call(("agent", "您好，请问有什么可以帮您？", 0.0, 2.0),
+                  ("customer", "你们到底怎么回事！！宽带断了三天了", 2.5, 6.0),
+                  ("agent", "您别生气，这是公司规定，要排队", 6.5, 9.0),
+                  ("customer", "什么破规定，太过分了", 9.5, 11.0),
+                  ("agent", "我不清楚，需要问一下", 11.5, 13.0))
+
+
+def angry():
+    return ANGRY.model_copy(deep=True)
+
+
+def test_penalty_per_hit_with_cap_and_evidence(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: r, dimension: expression, type: penalty, points: 30, max_points: 40, when: {tag: [rigid, vague, perfunctory], role: agent}}
+    """)
+    scores = run(scorer, sc, angry())
+    r = result(scores, "r")
+    # turn 2 (perfunctory + rigid) and turn 4 (vague): two occurrences, 60 capped at 40
+    assert r.status == "deduct" and r.points == -40
+    assert scores.dimensions["expression"].score == 60
+    ev = r.evidence[0]
+    assert ev.turn_ids == [2] and ev.speaker == "agent" and ev.start == 6.5 and ev.end == 9.0
+    assert ev.text in ("您别生气", "这是公司规定")
+
+
+def test_required_rule_with_position_window(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: greet, dimension: expression, type: required, points: 5, when: {tag: greeting, role: agent, first_turns: 1}}
+    - {id: close, dimension: expression, type: required, points: 7, when: {tag: closing, role: agent, last_turns: 1}}
+    """)
+    scores = run(scorer, sc, angry())
+    assert result(scores, "greet").status == "pass"
+    close = result(scores, "close")
+    assert close.status == "deduct" and close.points == -7
+    assert close.evidence[0].turn_ids == [4]  # the window searched: the last agent turn
+
+
+def test_time_windows(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: early, dimension: expression, type: penalty, points: 5, when: {tag: vague, first_seconds: 10}}
+    - {id: late, dimension: expression, type: penalty, points: 5, when: {tag: vague, last_seconds: 3}}
+    """)
+    scores = run(scorer, sc, angry())
+    assert result(scores, "early").status == "pass"
+    assert result(scores, "late").status == "deduct"
+
+
+def test_any_all_none_at_least(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: all_yes, dimension: expression, type: penalty, per: call, points: 1, when: {all: [{tag: rigid}, {tag: vague}]}}
+    - {id: all_no, dimension: expression, type: penalty, per: call, points: 1, when: {all: [{tag: rigid}, {tag: impatient}]}}
+    - {id: none_yes, dimension: expression, type: penalty, per: call, points: 1, when: {none: [{tag: empathy}, {tag: apology}], role: agent}}
+    - {id: n_of_yes, dimension: expression, type: penalty, per: call, points: 1, when: {at_least: 3, of: [{tag: rigid}, {tag: vague}, {tag: perfunctory}, {tag: impatient}]}}
+    - {id: n_of_no, dimension: expression, type: penalty, per: call, points: 1, when: {at_least: 4, of: [{tag: rigid}, {tag: vague}, {tag: perfunctory}, {tag: impatient}]}}
+    """)
+    scores = run(scorer, sc, angry())
+    status = {r: result(scores, r).status for r in ("all_yes", "all_no", "none_yes", "n_of_yes", "n_of_no")}
+    assert status == {"all_yes": "deduct", "all_no": "pass", "none_yes": "deduct",
+                      "n_of_yes": "deduct", "n_of_no": "pass"}
+    # "none" points at the agent turns it searched
+    assert result(scores, "none_yes").evidence[0].turn_ids == [0, 2, 4]
+
+
+def test_regex_with_exclusion_and_proximity(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: policy_bare, dimension: expression, type: penalty, points: 5, when: {regex: '规定', role: agent, not_near: {phrase: [可以帮您, 帮您申请]}, within_chars: 8}}
+    - {id: policy_excl, dimension: expression, type: penalty, points: 5, when: {regex: '规定', exclude: '可以帮您', role: agent}}
+    - {id: policy_near, dimension: expression, type: bonus, points: 5, when: {phrase: 公司政策, near: {phrase: 可以帮您}, within_chars: 8}}
+    """)
+    helpful = make_call(("agent", "根据公司政策规定，我们可以帮您申请退款"))
+    bare = make_call(("agent", "这是公司规定"))
+    assert result(run(scorer, sc, helpful), "policy_bare").status == "pass"
+    assert result(run(scorer, sc, helpful), "policy_excl").status == "pass"
+    assert result(run(scorer, sc, helpful), "policy_near").status == "bonus"
+    assert result(run(scorer, sc, bare), "policy_bare").status == "deduct"
+    assert result(run(scorer, sc, bare), "policy_excl").status == "deduct"
+
+
+def test_role_scope(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: agent_says, dimension: expression, type: penalty, points: 5, when: {phrase: 规定, role: agent}}
+    - {id: customer_says, dimension: expression, type: penalty, points: 5, when: {phrase: 规定, role: customer}}
+    - {id: both_say, dimension: expression, type: penalty, points: 1, when: {phrase: 规定, role: both}}
+    """)
+    scores = run(scorer, sc, angry())
+    assert [e.turn_ids for e in result(scores, "agent_says").evidence] == [[2]]
+    assert [e.turn_ids for e in result(scores, "customer_says").evidence] == [[3]]
+    assert result(scores, "both_say").points == -2
+
+
+def test_anchored_response_and_na_without_occasion(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - id: respond
+      dimension: empathy
+      type: response
+      points: 10
+      trigger: {tag: sentiment.negative, role: customer}
+      expect: {tag: [empathy, apology], role: agent}
+      within_turns: 1
+    """)
+    scores = run(scorer, sc, angry())
+    r = result(scores, "respond")
+    assert r.status == "deduct" and r.points == -20
+    assert [e.turn_ids for e in r.evidence] == [[1], [3]]
+    answered = make_call(("customer", "你们到底怎么回事！！"), ("agent", "非常抱歉，我理解您的心情"))
+    assert result(run(scorer, sc, answered), "respond").status == "pass"
+    late = make_call(("customer", "你们到底怎么回事！！"), ("agent", "请讲"), ("customer", "嗯"),
+                     ("agent", "非常抱歉"))
+    assert result(run(scorer, sc, late), "respond").status == "deduct"
+    calm = make_call(("customer", "我想查一下话费"), ("agent", "好的，请稍等"))
+    calm_scores = run(scorer, sc, calm)
+    assert result(calm_scores, "respond").status == "na"
+    assert calm_scores.dimensions["empathy"].score is None
+    assert not calm_scores.dimensions["empathy"].applicable
+
+
+def test_na_dimension_is_left_out_of_the_total(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: rigid, dimension: expression, type: penalty, points: 40, when: {tag: rigid}}
+    - {id: emp, dimension: empathy, type: required, points: 50, when: {tag: empathy}, applies_when: {tag: sentiment.negative, role: customer}}
+    """)
+    calm = make_call(("customer", "我想改套餐"), ("agent", "这是公司规定"))
+    scores = run(scorer, sc, calm)
+    # listening has no rules (N/A), empathy has no occasion (N/A): total = expression
+    assert scores.total == 60 and scores.grade == "不合格"
+
+
+def test_after_anchor_and_not_after(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - id: escalation
+      dimension: empathy
+      type: penalty
+      points: 10
+      when: {tag: sentiment.negative, role: customer, after: {tag: perfunctory, role: agent}, within_turns: 1}
+    - id: silent_hold
+      dimension: expression
+      type: penalty
+      points: 5
+      when: {event: silence, role: agent, not_after: {phrase: 请稍等, role: agent}, within_turns: 1}
+    """)
+    scores = run(scorer, sc, angry())
+    assert {tuple(e.turn_ids) for e in result(scores, "escalation").evidence} == {(3,)}
+    assert result(scores, "escalation").points == -10  # two hits in one turn are one occurrence
+    held = make_call(("customer", "帮我查一下", 0, 2), ("agent", "好的，请稍等", 2.5, 4), ("agent", "查到了", 15, 16))
+    unannounced = make_call(("customer", "帮我查一下", 0, 2), ("agent", "好的", 2.5, 4), ("agent", "查到了", 15, 16))
+    assert result(run(scorer, sc, held), "silent_hold").status == "pass"
+    assert result(run(scorer, sc, unannounced), "silent_hold").status == "deduct"
+
+
+def test_event_value_bounds_and_exception(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - id: fast
+      dimension: expression
+      type: penalty
+      per: call
+      points: 8
+      when: {event: speech_rate, role: agent, min_value: 300}
+      unless: {phrase: [快点说, 赶时间], role: customer}
+    """)
+    fast_turns = [("agent", "一二三四五六七八九十一二三四五六七八九十一二三四五六七八九十", 0.0, 5.0),
+                  ("agent", "一二三四五六七八九十一二三四五六七八九十", 5.5, 9.0)]
+    rushed = make_call(*fast_turns)
+    r = result(run(scorer, sc, rushed), "fast")
+    assert r.status == "deduct" and r.points == -8 and "speech_rate" in r.evidence[0].text
+    hurried = make_call(("customer", "我赶时间，你快点说", 0.0, 0.0), *fast_turns)
+    hurried.turns[0].end = 0.0
+    assert result(run(scorer, sc, hurried), "fast").status == "excepted"
+
+
+def test_critical_rule_fails_the_call(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: abuse, dimension: expression, type: penalty, severity: critical, points: 1, when: {phrase: 神经病, role: agent}}
+    """)
+    scores = run(scorer, sc, make_call(("customer", "你们怎么回事"), ("agent", "你神经病吧")))
+    assert scores.critical_failed and scores.total == 0 and scores.grade == "不合格"
+    assert scores.dimensions["expression"].score == 99  # the dimension still shows its own score
+
+
+def test_bonus_offsets_but_never_exceeds_100(tmp_path, scorer):
+    sc = card(tmp_path, """
+    - {id: good, dimension: listening, type: bonus, points: 5, max_points: 5, when: {tag: backchannel}}
+    - {id: bad, dimension: listening, type: penalty, points: 10, when: {tag: vague}}
+    """)
+    scores = run(scorer, sc, make_call(("agent", "嗯，我在听"), ("agent", "我不清楚")))
+    assert scores.dimensions["listening"].score == 95
+    scores = run(scorer, sc, make_call(("agent", "嗯，我在听")))
+    assert scores.dimensions["listening"].score == 100
+
+
+@pytest.mark.parametrize("rules, line, message", [
+    ("- {id: a, dimension: listen, type: penalty, points: 5, when: {tag: rigid}}\n", 10, "`dimension` must be one of"),
+    ("- {id: a, dimension: listening, type: minus, points: 5, when: {tag: rigid}}\n", 10, "`type` must be one of"),
+    ("- {id: a, dimension: listening, type: penalty, points: -5, when: {tag: rigid}}\n", 10, "`points` must be a non-negative"),
+    ("- {id: a, dimension: listening, type: penalty, points: 5}\n", 10, "needs `when`"),
+    ("- {id: a, dimension: listening, type: penalty, points: 5, when: {tag: rigid}}\n"
+     "- id: b\n  dimension: listening\n  type: penalty\n  points: 5\n  when:\n    regex: '(unclosed'\n", 16, "not a valid regular expression"),
+    ("- id: b\n  dimension: listening\n  type: penalty\n  points: 5\n  when:\n    tagg: rigid\n", 15, "unknown key 'tagg'"),
+    ("- id: b\n  dimension: listening\n  type: penalty\n  points: 5\n  when: {tag: rigid, phrase: x}\n", 14, "exactly one of"),
+    ("- id: b\n  dimension: listening\n  type: penalty\n  points: 5\n  when: {at_least: 2}\n", 14, "needs an `of:`"),
+    ("- {id: a, dimension: listening, type: penalty, points: 5, when: {tag: rigid}}\n"
+     "- {id: a, dimension: listening, type: penalty, points: 5, when: {tag: rigid}}\n", 11, "duplicate rule id"),
+    ("- {id: a, dimension: listening, type: penalty, points: 5, when: {tag: rigid}\n", 10, "starts at line 10"),
+])
+def test_malformed_scorecard_names_line_and_problem(tmp_path, rules, line, message):
+    path = tmp_path / "scorecard.yaml"
+    path.write_text(HEADER + textwrap.indent(rules, "  "), encoding="utf-8")
+    with pytest.raises(ScorecardError) as err:
+        load_scorecard(path)
+    assert message in str(err.value)
+    assert f"line {line}" in str(err.value) or f"{path}:{line}" in str(err.value)
+
+
+def test_bundled_scorecard_loads(config):
+    from pipeline.config import config_path
+
+    sc = load_scorecard(config_path(config, config["scorecard"]))
+    assert set(sc.dimensions) == {"listening", "expression", "empathy", "proactive"}
+    assert [g.name for g in sc.grades] == ["优秀", "良好", "合格", "不合格"]
+    assert sc.grade_for(90) == "优秀" and sc.grade_for(89.9) == "良好" and sc.grade_for(69.9) == "不合格"
