@@ -89,9 +89,30 @@ def write_metrics(metrics: dict, path: Path) -> None:
     path.write_text(json.dumps(metrics, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
-def available_taggers(model_dir: Path, config: dict | None = None) -> dict:
+def choose_bert_labels(lexicon, bert, dev_rows: list[dict]) -> list[str]:
+    """The labels (agent tags and the two sentiments) where BERT's F1 on the dev
+    split is at least the lexicon's: the per-label ensemble lets BERT decide those."""
+    from sklearn.metrics import f1_score
+
+    texts, roles = [r["text"] for r in dev_rows], [r["role"] for r in dev_rows]
+    gold = [set(r["labels"]) for r in dev_rows]
+    lexicon_pred = predict_label_sets(lexicon, texts, roles)
+    bert_pred = predict_label_sets(bert, texts, roles)
+    chosen = []
+    for label in list(AGENT_TAGS) + ["sentiment.negative", "sentiment.positive"]:
+        rows = range(len(dev_rows)) if label.startswith("sentiment.") else \
+            [i for i, r in enumerate(dev_rows) if r["role"] == "agent"]
+        y = [label in gold[i] for i in rows]
+        f_lexicon = f1_score(y, [label in lexicon_pred[i] for i in rows], zero_division=0)
+        f_bert = f1_score(y, [label in bert_pred[i] for i in rows], zero_division=0)
+        if f_bert >= f_lexicon:
+            chosen.append(label)
+    return chosen
+
+
+def available_taggers(model_dir: Path, dev_rows: list[dict], config: dict | None = None) -> dict:
     """The lexicon tagger (when present in this checkout), BERT fp32 and int8,
-    and the ensembles of lexicon and BERT."""
+    and both ensembles of lexicon and BERT (per-label choice made on dev)."""
     from pipeline.taggers.bert import BertTagger
 
     bert = BertTagger.from_pretrained(model_dir)
@@ -103,10 +124,11 @@ def available_taggers(model_dir: Path, config: dict | None = None) -> dict:
     except ImportError:
         return taggers
     lexicon = LexiconTagger.from_config(config or load_config())
-    taggers = {"lexicon": lexicon, **taggers}
-    for mode in EnsembleTagger.MODES:
-        taggers[f"ensemble-{mode}"] = EnsembleTagger(lexicon, bert, mode=mode)
-    return taggers
+    bert_labels = choose_bert_labels(lexicon, bert, dev_rows)
+    print(f"per-label ensemble: BERT decides {bert_labels} (chosen on the dev split)")
+    return {"lexicon": lexicon, **taggers,
+            "ensemble-union": EnsembleTagger(lexicon, bert, mode="union"),
+            "ensemble-per_label": EnsembleTagger(lexicon, bert, mode="per_label", bert_labels=bert_labels)}
 
 
 def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict]) -> str:
@@ -156,8 +178,9 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATASET_DIR)
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "tagger_evaluation.md")
     args = parser.parse_args()
-    rows = list(load_dataset(args.dataset)["test"])
-    taggers = available_taggers(args.model)
+    dataset = load_dataset(args.dataset)
+    rows = list(dataset["test"])
+    taggers = available_taggers(args.model, list(dataset["dev"]))
     results = {name: evaluate_tagger(t, rows) for name, t in taggers.items()}
     reviews = {name: real_review_sentiment(t) for name, t in taggers.items()}
     report = markdown_report(results, reviews, rows)

@@ -23,7 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from pipeline.model import AGENT_TAGS, SENTIMENTS
-from pipeline.taggers.bert import BertTagger, TaggerNet, encode, load_tokenizer
+from pipeline.taggers.bert import MODEL_FILES, BertTagger, TaggerNet, encode, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent.parent
 RECIPE = REPO / "configs" / "tagger_training.yaml"
@@ -166,6 +166,20 @@ def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None
           f"hard subset {metrics['hard']['macro_f1']:.3f}, "
           f"customer sentiment macro-F1 {metrics['sentiment']['macro_f1']:.3f}")
     return tagger
+
+
+def export(candidate: Path, target: Path) -> Path:
+    """Copy a trained model folder over `target` (e.g. models/tagger) after
+    checking that it loads and tags; its metrics.json goes along."""
+    import shutil
+
+    tagger = BertTagger.from_pretrained(candidate)
+    tagger.predict(["您好，很高兴为您服务"], ["agent"])
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES + ("metrics.json",):
+        if (candidate / name).exists():
+            shutil.copy2(candidate / name, target / name)
+    return target
 
 
 def main() -> None:
