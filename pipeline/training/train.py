@@ -83,8 +83,11 @@ def fine_tune(tagger: BertTagger, texts: list[str], roles: list[str], label_sets
     tag_targets, tag_mask, sentiment = _targets(roles, label_sets, tagger.tags)
     batch_size = recipe["batch_size"]
     steps = recipe["epochs"] * ((len(texts) + batch_size - 1) // batch_size)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe["learning_rate"],
-                                  weight_decay=recipe["weight_decay"])
+    heads = list(net.tag_head.parameters()) + list(net.sentiment_head.parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": net.encoder.parameters(), "lr": recipe["learning_rate"]},
+         {"params": heads, "lr": recipe["head_learning_rate"]}],
+        weight_decay=recipe["weight_decay"])
     schedule = get_linear_schedule_with_warmup(optimizer, int(steps * recipe["warmup_share"]), steps)
     bce = torch.nn.BCEWithLogitsLoss(reduction="none")
     ce = torch.nn.CrossEntropyLoss()
@@ -97,7 +100,9 @@ def fine_tune(tagger: BertTagger, texts: list[str], roles: list[str], label_sets
             ids, mask = encode(tagger.tokenizer, [texts[i] for i in batch], [roles[i] for i in batch])
             tag_logits, sentiment_logits = net(ids.to(device), mask.to(device))
             m = tag_mask[batch].to(device)
-            tag_loss = (bce(tag_logits, tag_targets[batch].to(device)) * m).sum() / (m.sum() * len(tagger.tags)).clamp(min=1)
+            # Summed over tags, averaged over agent utterances: each tag weighs
+            # as much as the sentiment decision.
+            tag_loss = (bce(tag_logits, tag_targets[batch].to(device)) * m).sum() / m.sum().clamp(min=1)
             loss = tag_loss + recipe["sentiment_loss_weight"] * ce(sentiment_logits, sentiment[batch].to(device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
