@@ -13,4 +13,12 @@ def load_tagger(config: dict) -> Tagger:
         from pipeline.taggers.lexicon import LexiconTagger
 
         return LexiconTagger.from_config(config)
+    if kind == "bert":
+        from pipeline.taggers.bert import BertTagger
+
+        return BertTagger.from_config(config)
+    if kind == "ensemble":
+        from pipeline.taggers.ensemble import EnsembleTagger
+
+        return EnsembleTagger.from_config(config)
     raise ValueError(f"unknown tagger kind {kind!r}; expected lexicon, bert or ensemble")

@@ -1,0 +1,196 @@
+"""The BERT tagger: a fine-tuned encoder that labels whole utterances.
+
+One shared encoder (multilingual-e5-small, pruned to a Chinese vocabulary, see
+`pipeline.training.build_base`) with two heads on the mean-pooled tokens:
+a multi-label head for the agent tags (sigmoid, one threshold per tag tuned on
+the dev split) and a 3-way sentiment head (softmax). The speaker's role is
+given to the model as a text prefix, because the same words mean different
+things from an agent and from a customer.
+
+A model folder holds:
+    config.json        the encoder's shape (transformers BertConfig)
+    tokenizer.json     the pruned sentencepiece tokenizer
+    model.safetensors  encoder + heads, float16
+    tagger.json        tag names, thresholds, max length, training provenance
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from pipeline.model import AGENT_TAGS, SENTIMENTS
+from pipeline.taggers.base import TagHit
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent.parent / "models" / "tagger"
+MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors", "tagger.json")
+ROLE_PREFIX = {"agent": "客服：", "customer": "客户：", "unknown": ""}
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing or unreadable; the message names the file."""
+
+
+class TaggerNet(nn.Module):
+    def __init__(self, config, n_tags: int = len(AGENT_TAGS), n_sentiments: int = len(SENTIMENTS)):
+        super().__init__()
+        from transformers import BertModel
+
+        self.encoder = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.tag_head = nn.Linear(config.hidden_size, n_tags)
+        self.sentiment_head = nn.Linear(config.hidden_size, n_sentiments)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        # e5's pooled vectors are tiny (mean |x| ~0.15): rescale to unit variance
+        # per dimension so the heads learn at an ordinary learning rate.
+        pooled = nn.functional.normalize(pooled, dim=-1) * pooled.shape[-1] ** 0.5
+        pooled = self.dropout(pooled)
+        return self.tag_head(pooled), self.sentiment_head(pooled)
+
+
+def load_tokenizer(path: Path, max_length: int):
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise ModelFileError(f"{path}: cannot read tokenizer ({err})") from None
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id("<pad>"), pad_token="<pad>")
+    return tokenizer
+
+
+def encode(tokenizer, texts: Sequence[str], roles: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    encodings = tokenizer.encode_batch([ROLE_PREFIX.get(r, "") + t for t, r in zip(texts, roles)])
+    ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+    mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+    return ids, mask
+
+
+class BertTagger:
+    """Tagger interface (see `pipeline.taggers.base`) over a fine-tuned TaggerNet."""
+
+    name = "bert"
+
+    def __init__(self, net: TaggerNet, tokenizer, settings: dict, model_dir: Path | None = None):
+        self.net = net.eval()
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.model_dir = model_dir
+        self.tags: list[str] = settings["tags"]
+        self.thresholds = torch.tensor([settings["thresholds"][t] for t in self.tags])
+        self.batch_size = settings.get("batch_size", 64)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, quantize: bool = False) -> "BertTagger":
+        """Load a model folder written by `save`. `quantize` converts the linear
+        layers to int8 (torch dynamic quantisation) for faster CPU inference."""
+        from safetensors.torch import load_file
+        from transformers import BertConfig
+
+        model_dir = Path(path)
+        for name in MODEL_FILES:
+            if not (model_dir / name).is_file():
+                raise ModelFileError(f"{model_dir / name}: model file missing "
+                                     "(train one with python -m pipeline.training.train)")
+        try:
+            settings = json.loads((model_dir / "tagger.json").read_text(encoding="utf-8"))
+            settings["thresholds"], settings["tags"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+            raise ModelFileError(f"{model_dir / 'tagger.json'}: not a valid tagger settings file ({err})") from None
+        try:
+            config = BertConfig.from_json_file(str(model_dir / "config.json"))
+        except (json.JSONDecodeError, OSError, ValueError, UnicodeDecodeError) as err:
+            raise ModelFileError(f"{model_dir / 'config.json'}: not a valid BERT config ({err})") from None
+        net = TaggerNet(config, len(settings["tags"]))
+        try:
+            state = load_file(str(model_dir / "model.safetensors"))
+            net.load_state_dict({k: v.float() for k, v in state.items()})
+        except Exception as err:  # safetensors raises its own error types on corrupt files
+            raise ModelFileError(f"{model_dir / 'model.safetensors'}: cannot load weights ({err})") from None
+        tagger = cls(net, load_tokenizer(model_dir / "tokenizer.json", settings["max_length"]), settings, model_dir)
+        return tagger.quantized() if quantize else tagger
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BertTagger":
+        from pipeline.config import config_path
+
+        tagger_config = config["tagger"]
+        return cls.from_pretrained(config_path(config, tagger_config["bert_model"]),
+                                   quantize=tagger_config.get("bert_quantize", False))
+
+    def quantized(self) -> "BertTagger":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+            net = torch.ao.quantization.quantize_dynamic(self.net, {nn.Linear}, dtype=torch.qint8)
+        tagger = BertTagger(net, self.tokenizer, self.settings, self.model_dir)
+        tagger.name = "bert-int8"
+        return tagger
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        model_dir = Path(path)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # float16 halves the committed file; loading casts back to float32.
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(model_dir / "model.safetensors"))
+        self.net.encoder.config.to_json_file(str(model_dir / "config.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.tokenizer.save(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.settings["max_length"])
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("<pad>"), pad_token="<pad>")
+        (model_dir / "tagger.json").write_text(json.dumps(self.settings, ensure_ascii=False, indent=2) + "\n",
+                                               encoding="utf-8")
+        return model_dir
+
+    @torch.inference_mode()
+    def probabilities(self, texts: Sequence[str], roles: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tag probabilities (n, tags) and sentiment probabilities (n, 3).
+        Utterances are batched by length so little time goes to padding."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        tag_probs = torch.zeros(len(texts), len(self.tags))
+        sentiment_probs = torch.zeros(len(texts), len(SENTIMENTS))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            ids, mask = encode(self.tokenizer, [texts[i] for i in batch], [roles[i] for i in batch])
+            tag_logits, sentiment_logits = self.net(ids, mask)
+            tag_probs[batch] = torch.sigmoid(tag_logits.float())
+            sentiment_probs[batch] = torch.softmax(sentiment_logits.float(), dim=-1)
+        return tag_probs, sentiment_probs
+
+    def predict(self, texts: Sequence[str], roles: Sequence[str]) -> list[list[TagHit]]:
+        if len(texts) != len(roles):
+            raise ValueError(f"{len(texts)} texts but {len(roles)} roles")
+        tag_probs, sentiment_probs = self.probabilities(texts, roles)
+        results = []
+        for i, (text, role) in enumerate(zip(texts, roles)):
+            hits = []
+            if role == "agent":  # the tag set describes agent behaviour only
+                for j in torch.nonzero(tag_probs[i] >= self.thresholds).flatten().tolist():
+                    hits.append(TagHit(self.tags[j], 0, len(text), round(float(tag_probs[i, j]), 4)))
+            sentiment = SENTIMENTS[int(sentiment_probs[i].argmax())]
+            if sentiment != "neutral":
+                hits.append(TagHit(f"sentiment.{sentiment}", 0, len(text),
+                                   round(float(sentiment_probs[i].max()), 4)))
+            results.append(hits)
+        return results
+
+    def fit(self, texts: Sequence[str], roles: Sequence[str], label_sets: Sequence[set[str]]) -> "BertTagger":
+        """Fine-tune this tagger's network on the given utterances (all of them
+        train; thresholds keep their current values). For the full recipe with a
+        dev split and threshold tuning use `pipeline.training.train`."""
+        from pipeline.training.train import fine_tune
+
+        fine_tune(self, list(texts), list(roles), [set(s) for s in label_sets])
+        return self

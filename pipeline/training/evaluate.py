@@ -1,0 +1,194 @@
+"""Evaluate taggers on the held-out split: per-tag precision/recall/F1,
+macro-F1, the hard-context subset, sentiment confusion and error examples.
+
+    python -m pipeline.training.evaluate --report docs/tagger_evaluation.md
+
+compares every available tagger (lexicon, bert, bert-int8, ensemble) on the
+test split of data/tagger/dataset, plus sentiment on the real delivery
+reviews in ../shared/real/sentiment (evaluation only; never trained on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.model import AGENT_TAGS, SENTIMENTS
+from pipeline.taggers.base import predict_label_sets, sentiment_of
+
+REPO = Path(__file__).resolve().parent.parent.parent
+REAL_REVIEWS = REPO.parent / "shared" / "real" / "sentiment" / "waimai_sample.jsonl"
+N_ERRORS = 15
+
+
+def tag_scores(gold: list[set[str]], predicted: list[set[str]]) -> dict:
+    """Per-tag P/R/F1 and macro-F1 over the tags that occur in `gold`."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true = np.array([[t in g for t in AGENT_TAGS] for g in gold])
+    y_pred = np.array([[t in p for t in AGENT_TAGS] for p in predicted])
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    per_tag = {tag: {"precision": round(float(p[i]), 3), "recall": round(float(r[i]), 3),
+                     "f1": round(float(f[i]), 3), "support": int(support[i])}
+               for i, tag in enumerate(AGENT_TAGS)}
+    present = [i for i in range(len(AGENT_TAGS)) if support[i] > 0]
+    exact = float(np.mean([(g & set(AGENT_TAGS)) == (q & set(AGENT_TAGS)) for g, q in zip(gold, predicted)]))
+    return {"per_tag": per_tag, "macro_f1": round(float(np.mean(f[present])), 3),
+            "exact_match": round(exact, 3), "utterances": len(gold)}
+
+
+def sentiment_scores(gold: list[str], predicted: list[str]) -> dict:
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    present = [s for s in SENTIMENTS if s in gold]
+    return {"macro_f1": round(float(f1_score(gold, predicted, labels=present, average="macro", zero_division=0)), 3),
+            "accuracy": round(float(np.mean([g == p for g, p in zip(gold, predicted)])), 3),
+            "labels": list(SENTIMENTS),
+            "confusion": confusion_matrix(gold, predicted, labels=list(SENTIMENTS)).tolist(),
+            "utterances": len(gold)}
+
+
+def evaluate_tagger(tagger, rows: list[dict]) -> dict:
+    """All metrics for one tagger on labelled rows (the dataset schema)."""
+    predicted = predict_label_sets(tagger, [r["text"] for r in rows], [r["role"] for r in rows])
+    gold = [set(r["labels"]) for r in rows]
+    agent = [i for i, r in enumerate(rows) if r["role"] == "agent"]
+    hard = [i for i in agent if rows[i]["hard"]]
+    customer = [i for i, r in enumerate(rows) if r["role"] == "customer"]
+    errors = [{"text": rows[i]["text"], "gold": sorted(gold[i] & set(AGENT_TAGS)),
+               "predicted": sorted(predicted[i] & set(AGENT_TAGS)), "hard": rows[i]["hard"]}
+              for i in agent if (gold[i] & set(AGENT_TAGS)) != (predicted[i] & set(AGENT_TAGS))]
+    return {
+        "tagger": tagger.name,
+        "tags": tag_scores([gold[i] for i in agent], [predicted[i] for i in agent]),
+        "hard": tag_scores([gold[i] for i in hard], [predicted[i] for i in hard]),
+        "sentiment": sentiment_scores([sentiment_of(gold[i]) for i in customer],
+                                      [sentiment_of(predicted[i]) for i in customer]),
+        "errors": errors[:N_ERRORS],
+        "n_errors": len(errors),
+    }
+
+
+def real_review_sentiment(tagger, path: Path = REAL_REVIEWS) -> dict | None:
+    """Sentiment on real delivery reviews (positive/negative only), if present."""
+    if not path.exists():
+        return None
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    predicted = predict_label_sets(tagger, [i["text"] for i in items], ["customer"] * len(items))
+    scores = sentiment_scores([i["label"] for i in items], [sentiment_of(p) for p in predicted])
+    # The reviews have no neutral class: also score the polar decision alone.
+    polar = [p for p, i in zip(predicted, items) if sentiment_of(p) != "neutral"]
+    scores["neutral_share"] = round(1 - len(polar) / len(items), 3)
+    return scores
+
+
+def write_metrics(metrics: dict, path: Path) -> None:
+    path.write_text(json.dumps(metrics, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def choose_bert_labels(lexicon, bert, dev_rows: list[dict]) -> list[str]:
+    """The labels (agent tags and the two sentiments) where BERT's F1 on the dev
+    split is at least the lexicon's: the per-label ensemble lets BERT decide those."""
+    from sklearn.metrics import f1_score
+
+    texts, roles = [r["text"] for r in dev_rows], [r["role"] for r in dev_rows]
+    gold = [set(r["labels"]) for r in dev_rows]
+    lexicon_pred = predict_label_sets(lexicon, texts, roles)
+    bert_pred = predict_label_sets(bert, texts, roles)
+    chosen = []
+    for label in list(AGENT_TAGS) + ["sentiment.negative", "sentiment.positive"]:
+        rows = range(len(dev_rows)) if label.startswith("sentiment.") else \
+            [i for i, r in enumerate(dev_rows) if r["role"] == "agent"]
+        y = [label in gold[i] for i in rows]
+        f_lexicon = f1_score(y, [label in lexicon_pred[i] for i in rows], zero_division=0)
+        f_bert = f1_score(y, [label in bert_pred[i] for i in rows], zero_division=0)
+        if f_bert >= f_lexicon:
+            chosen.append(label)
+    return chosen
+
+
+def available_taggers(model_dir: Path, dev_rows: list[dict], config: dict | None = None) -> dict:
+    """The lexicon tagger (when present in this checkout), BERT fp32 and int8,
+    and both ensembles of lexicon and BERT (per-label choice made on dev)."""
+    from pipeline.taggers.bert import BertTagger
+
+    bert = BertTagger.from_pretrained(model_dir)
+    taggers = {"bert": bert, "bert-int8": bert.quantized()}
+    try:
+        from pipeline.config import load_config
+        from pipeline.taggers.ensemble import EnsembleTagger
+        from pipeline.taggers.lexicon import LexiconTagger
+    except ImportError:
+        return taggers
+    lexicon = LexiconTagger.from_config(config or load_config())
+    bert_labels = choose_bert_labels(lexicon, bert, dev_rows)
+    print(f"per-label ensemble: BERT decides {bert_labels} (chosen on the dev split)")
+    return {"lexicon": lexicon, **taggers,
+            "ensemble-union": EnsembleTagger(lexicon, bert, mode="union"),
+            "ensemble-per_label": EnsembleTagger(lexicon, bert, mode="per_label", bert_labels=bert_labels)}
+
+
+def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict]) -> str:
+    names = list(results)
+    lines = ["# Tagger evaluation (held-out test split)", "",
+             f"Test split of data/tagger/dataset: {sum(r['role'] == 'agent' for r in rows)} agent utterances "
+             f"({sum(r['hard'] for r in rows)} in the hard-context subset), "
+             f"{sum(r['role'] == 'customer' for r in rows)} customer utterances. "
+             "Written from clauses never used for training or threshold tuning. "
+             "Regenerate with `python -m pipeline.training.evaluate`.", "",
+             "## Summary", "",
+             "| tagger | agent-tag macro-F1 | hard-context macro-F1 | hard-context exact match | customer sentiment macro-F1 | real reviews (waimai) accuracy |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        m, rv = results[name], reviews.get(name)
+        lines.append(f"| {name} | {m['tags']['macro_f1']:.3f} | {m['hard']['macro_f1']:.3f} | "
+                     f"{m['hard']['exact_match']:.3f} | {m['sentiment']['macro_f1']:.3f} | "
+                     f"{rv['accuracy'] if rv else 'n/a'} |")
+    for subset, title in (("tags", "Per tag, all agent utterances"), ("hard", "Per tag, hard-context subset")):
+        lines += ["", f"## {title} (F1 / precision / recall)", "",
+                  "| tag | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for tag in AGENT_TAGS:
+            cells = [f"{results[n][subset]['per_tag'][tag]['f1']:.2f} / {results[n][subset]['per_tag'][tag]['precision']:.2f} / "
+                     f"{results[n][subset]['per_tag'][tag]['recall']:.2f}" for n in names]
+            lines.append(f"| {tag} | {results[names[0]][subset]['per_tag'][tag]['support']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Sentiment confusion, customer utterances (rows gold, columns predicted: negative / neutral / positive)", ""]
+    for name in names:
+        lines.append(f"- {name}: {results[name]['sentiment']['confusion']}")
+    if any(reviews.values()):
+        lines += ["", "## Real delivery reviews (../shared/real/sentiment, 500 positive + 500 negative; evaluation only)", ""]
+        for name, rv in reviews.items():
+            if rv:
+                lines.append(f"- {name}: accuracy {rv['accuracy']}, predicted neutral {rv['neutral_share']:.1%}, "
+                             f"confusion {rv['confusion']}")
+    for name in names:
+        lines += ["", f"## Error examples: {name} ({results[name]['n_errors']} agent utterances wrong)", ""]
+        for e in results[name]["errors"]:
+            lines.append(f"- {'[hard] ' if e['hard'] else ''}{e['text']} — gold {e['gold']}, predicted {e['predicted']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from pipeline.training.data import DATASET_DIR, load_dataset
+
+    parser = argparse.ArgumentParser(description="Compare taggers on the held-out split.")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "tagger")
+    parser.add_argument("--dataset", type=Path, default=DATASET_DIR)
+    parser.add_argument("--report", type=Path, default=REPO / "docs" / "tagger_evaluation.md")
+    args = parser.parse_args()
+    dataset = load_dataset(args.dataset)
+    rows = list(dataset["test"])
+    taggers = available_taggers(args.model, list(dataset["dev"]))
+    results = {name: evaluate_tagger(t, rows) for name, t in taggers.items()}
+    reviews = {name: real_review_sentiment(t) for name, t in taggers.items()}
+    report = markdown_report(results, reviews, rows)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(report, encoding="utf-8")
+    print(report.split("## Per tag")[0])
+    print(f"full report: {args.report}")
+
+
+if __name__ == "__main__":
+    main()
