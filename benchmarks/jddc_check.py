@@ -4,7 +4,7 @@ Scores the 300 JDDC sessions with the text pipeline and prints the grade
 distribution, tag rates per agent turn, the rules that deduct most often and a
 few flagged examples per tag so a person can judge them.
 
-    python benchmarks/jddc_check.py [--examples 5]
+    python benchmarks/jddc_check.py [--examples 5] [--tagger ensemble]
 """
 
 import argparse
@@ -13,6 +13,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from pipeline.config import load_config
 from pipeline.model import Call, Turn
 from pipeline.normalize import normalize_text
 from pipeline.scoring import Scorer
@@ -24,8 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--path", type=Path, default=JDDC)
     parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--tagger", choices=("lexicon", "bert", "ensemble"), help="override tagger.kind")
     args = parser.parse_args()
-    scorer = Scorer()
+    config = load_config()
+    if args.tagger:
+        config["tagger"]["kind"] = args.tagger
+    scorer = Scorer(config)
     calls = []
     for line in args.path.read_text(encoding="utf-8").splitlines():
         s = json.loads(line)
