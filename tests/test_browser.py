@@ -119,3 +119,29 @@ def test_review_session_end_to_end(browser, scored_store, tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
+
+
+def test_call_report_plays_the_recording_from_a_flag(browser, scorer, tmp_path):
+    """The static per-call HTML report: clicking a flagged turn's reason seeks the
+    audio element to that turn."""
+    import json
+
+    from pipeline.model import AudioInfo, Call, Turn
+    from pipeline.report import write_call
+
+    audio = REPO / "tests" / "data" / "audio" / "call_b_stereo_8k_ulaw.wav"
+    truth = json.loads(audio.with_suffix(".json").read_text(encoding="utf-8"))
+    call = Call(id="report_audio", turns=[Turn(id=i, role=t["role"], text=t["text"], start=t["start"], end=t["end"])
+                                          for i, t in enumerate(truth["turns"])],
+                audio=AudioInfo(path=str(audio)))
+    scorer.score(call)
+    write_call(call, tmp_path)
+    flagged = next(t for t in call.turns if t.id in {e.turn_ids[0] for d in call.scores.dimensions.values()
+                                                     for r in d.results if r.status == "deduct"
+                                                     for e in r.evidence if e.turn_ids} and t.start > 1)
+    page = browser.new_page()
+    page.goto((tmp_path / "calls" / "report_audio.html").as_uri())
+    page.wait_for_function("document.getElementById('player').readyState >= 1")
+    page.click(f"#turn-{flagged.id} td.reasons .reason")
+    current = page.evaluate("document.getElementById('player').currentTime")
+    assert abs(current - flagged.start) < 0.3
