@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pipeline.config import ConfigError, load_config
 from pipeline.model import Call
 from pipeline.readers import TRANSCRIPT_SUFFIXES, ReadError, decode_text
-from pipeline.report import write_agent_summary, write_atomic, write_batch_csv, write_call
+from pipeline.report import write_agent_summary, write_batch_csv, write_call, write_csv
 from pipeline.scorecard import ScorecardError
 from pipeline.scoring import AUDIO_SUFFIXES, Scorer
 from pipeline.store import Store, StoreError, file_sha256
@@ -101,8 +101,7 @@ def score_command(args: argparse.Namespace) -> int:
             scored.append(call)
     write_batch_csv(scored, out / "scores.csv")
     has_agents = write_agent_summary(scored, out / "agents.csv")
-    write_atomic(out / "errors.csv", "file,error\n" + "".join(
-        f'"{p}","{m.replace(chr(34), chr(39))}"\n' for p, m in errors))
+    write_csv(out / "errors.csv", ["file", "error"], [{"file": p, "error": m} for p, m in errors])
     print(f"scored {len(scored)} call(s) from {len(inputs) - len(errors)} file(s); "
           f"{len(errors)} file(s) failed. Results in {out}/ (scores.csv"
           f"{', agents.csv' if has_agents else ''}, calls/*.json, calls/*.html); store {store.url}")

@@ -19,7 +19,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from pipeline.privacy import Privacy
-from pipeline.report import ROLE_LABELS, _clock, _csv_text, _env, safe_name, write_atomic
+from pipeline.report import ROLE_LABELS, clock, safe_name, templates, write_atomic, write_csv
 from pipeline.review import flags_of
 from pipeline.store import CallSummary, Store
 
@@ -74,13 +74,13 @@ def export_clips(store: Store, calls: list[CallSummary], out_dir: Path, padding:
                 sf.write(tmp, samples, rate, subtype="PCM_16", format="WAV")
                 os.replace(tmp, out_dir / name)
                 transcript = "\n".join(
-                    f"[{_clock(t.start)}] {ROLE_LABELS[t.role]}: {privacy.mask(t.text) if privacy else t.text}"
+                    f"[{clock(t.start)}] {ROLE_LABELS[t.role]}: {privacy.mask(t.text) if privacy else t.text}"
                     for t in turns)
                 verdict = flag.verdict.verdict + (f" ({flag.verdict.reason})" if flag.verdict.reason else "") \
                     if flag.verdict else ""
-                rows.append(ClipRow(call.id, call.agent_id or "", flag.label, _clock(flag.start),
+                rows.append(ClipRow(call.id, call.agent_id or "", flag.label, clock(flag.start),
                                     round(start, 2), round(end - start, 2), name, verdict, transcript))
     header = list(ClipRow.__dataclass_fields__)
-    write_atomic(out_dir / "index.csv", _csv_text(header, [asdict(r) for r in rows]))
-    write_atomic(out_dir / "index.html", _env.get_template("clips.html").render(rows=rows, skipped=skipped))
+    write_csv(out_dir / "index.csv", header, [asdict(r) for r in rows])
+    write_atomic(out_dir / "index.html", templates.get_template("clips.html").render(rows=rows, skipped=skipped))
     return rows, skipped

@@ -25,7 +25,7 @@ GOOD_TAGS = {"empathy", "confirmation", "polite", "apology", "proactive", "commi
 ROLE_LABELS = {"agent": "坐席", "customer": "客户", "unknown": "?"}
 EVENT_KINDS = ("interruption", "customer_overlap", "silence")
 
-_env = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape())
+templates = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape())
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -41,12 +41,12 @@ def safe_name(call_id: str) -> str:
 
 # --- per call ---------------------------------------------------------------
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes:02d}:{secs:02d}"
 
 
-def _highlight(text: str, tags) -> Markup:
+def highlight(text: str, tags) -> Markup:
     """The turn text with each tagged span wrapped in <mark>; overlapping spans keep the first."""
     spans = sorted(((t.char_start, t.char_end, t.label) for t in tags), key=lambda s: (s[0], -s[1]))
     out, pos = [], 0
@@ -80,11 +80,11 @@ def render_call_html(call: Call, audio_src: str | None = None) -> str:
     for event in call.events:
         if event.kind in EVENT_KINDS and event.turn_ids:
             events[event.turn_ids[-1]].append(event)
-    rows = [dict(turn=t, clock=_clock(t.start) if t.start is not None else "",
-                 role_label=ROLE_LABELS[t.role], html=_highlight(t.text, call.tags_for(t.id)),
+    rows = [dict(turn=t, clock=clock(t.start) if t.start is not None else "",
+                 role_label=ROLE_LABELS[t.role], html=highlight(t.text, call.tags_for(t.id)),
                  reasons=list(reasons.get(t.id, {}).values()), events=events.get(t.id, []))
             for t in call.turns]
-    return _env.get_template("call.html").render(call=call, scores=call.scores, rows=rows,
+    return templates.get_template("call.html").render(call=call, scores=call.scores, rows=rows,
                                                  audio_src=audio_src)
 
 

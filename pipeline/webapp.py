@@ -30,7 +30,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pipeline.config import config_path
 from pipeline.model import Call, Scores
 from pipeline.privacy import load_privacy
-from pipeline.report import EVENT_KINDS, ROLE_LABELS, _clock, _highlight
+from pipeline.report import EVENT_KINDS, ROLE_LABELS, clock, highlight
 from pipeline.review import (ADDABLE_LABELS, TRAINING_LABELS, added_key, calibration, export_corrections, flags_of,
                              human_scores, rule_precision)
 from pipeline.scorecard import load_scorecard
@@ -115,13 +115,13 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
         by_turn = defaultdict(list)
         for flag in flags:
             by_turn[flag.turn_id].append(flag)
-        rows = [dict(turn=t, clock=_clock(t.start) if t.start is not None else f"#{t.id}",
-                     role_label=ROLE_LABELS[t.role], html=_highlight(t.text, call.tags_for(t.id)),
+        rows = [dict(turn=t, clock=clock(t.start) if t.start is not None else f"#{t.id}",
+                     role_label=ROLE_LABELS[t.role], html=highlight(t.text, call.tags_for(t.id)),
                      flags=by_turn.get(t.id, [])) for t in call.turns]
         return templates.TemplateResponse(request, "review_call.html", dict(
             call=call, scores=call.scores, human=human, rows=rows, flags=flags,
             has_audio=call.audio is not None, context_seconds=context_seconds,
-            addable=ADDABLE_LABELS, reasons=REJECT_REASONS, clock=_clock,
+            addable=ADDABLE_LABELS, reasons=REJECT_REASONS, clock=clock,
             stale=call.scores.scorecard != scorecard.label, scorecard=scorecard))
 
     @app.get("/calls/{call_id}/audio")
