@@ -49,9 +49,12 @@ def main() -> None:
     examples: dict[str, list[str]] = {}
     for c in calls:
         for turn_id, label in sorted({(t.turn_id, t.label) for t in c.tags}):
+            turn = c.turn(turn_id)
+            if label.startswith("sentiment") and turn.role != "customer":
+                continue  # customer sentiment is what the empathy rules read
             per_label[label] += 1
-            examples.setdefault(label, []).append(c.turn(turn_id).text)
-    print("turns carrying each tag (share of that role's turns):")
+            examples.setdefault(label, []).append(turn.text)
+    print("turns carrying each tag (share of that role's turns; sentiment: customer turns):")
     for label, n in sorted(per_label.items()):
         base = customer_turns if label.startswith("sentiment") else agent_turns
         print(f"  {label:20s} {n:5d}  {n / base:6.1%}")
@@ -61,7 +64,7 @@ def main() -> None:
     rng = random.Random(0)
     for label in ("rigid", "vague", "impatient", "perfunctory", "empathy", "sentiment.negative"):
         sample = rng.sample(examples.get(label, []), min(args.examples, len(examples.get(label, []))))
-        print(f"--- {label}: " + " | ".join(sample))
+        print(f"--- {label}:" + "".join(f"\n    {text}" for text in sample))
 
 
 if __name__ == "__main__":

@@ -30,14 +30,21 @@ def is_audio(path: str | Path) -> bool:
 
 
 def config_version(config: dict) -> str:
-    """A short fingerprint of the settings, scorecard and lexicon: a stored call
-    scored under another fingerprint is scored again by a resumed batch."""
+    """A short fingerprint of the settings, scorecard, lexicon and, when the
+    tagger uses it, the BERT model's files: a stored call scored under another
+    fingerprint is scored again by a resumed batch (a model retrained in place
+    rescores the calls it would tag differently)."""
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not k.startswith("_")},
                                        sort_keys=True, ensure_ascii=False).encode())
     files = [config_path(config, config["scorecard"])]
     lexicon = config_path(config, config["tagger"]["lexicon_dir"])
     if lexicon.is_dir():
         files += sorted(p for p in lexicon.rglob("*") if p.is_file())
+    if config["tagger"]["kind"] in ("bert", "ensemble"):
+        from pipeline.taggers.bert import MODEL_FILES
+
+        model_dir = config_path(config, config["tagger"]["bert_model"])
+        files += [model_dir / name for name in MODEL_FILES if (model_dir / name).is_file()]
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]

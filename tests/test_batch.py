@@ -236,6 +236,27 @@ def test_changed_config_rescores_instead_of_skipping(tmp_path):
     assert (first.scored, second.scored, second.skipped) == (1, 1, 0)
 
 
+def test_a_model_retrained_in_place_changes_the_version_key(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.scoring import config_version
+
+    model = tmp_path / "tagger"
+    shutil.copytree(REPO / "models" / "tagger", model)
+    config = tmp_path / "bert.yaml"
+    config.write_text(f"tagger:\n  kind: bert\n  bert_model: {model}\n", encoding="utf-8")
+    before = config_version(load_config(config))
+    settings = json.loads((model / "tagger.json").read_text(encoding="utf-8"))
+    settings["thresholds"]["rigid"] = 0.95
+    (model / "tagger.json").write_text(json.dumps(settings), encoding="utf-8")
+    assert config_version(load_config(config)) != before
+    # The lexicon tagger does not read the model: retraining it rescored nothing.
+    lexicon = tmp_path / "lexicon.yaml"
+    lexicon.write_text(f"tagger:\n  kind: lexicon\n  bert_model: {model}\n", encoding="utf-8")
+    unchanged = config_version(load_config(lexicon))
+    (model / "tagger.json").write_text(json.dumps({**settings, "batch_size": 8}), encoding="utf-8")
+    assert config_version(load_config(lexicon)) == unchanged
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_batch_loses_nothing(tmp_path):
     inputs = tmp_path / "calls"

@@ -12,7 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from pipeline.normalize import normalize_text
 from pipeline.taggers import load_tagger, predict_label_sets
-from pipeline.taggers.bert import DEFAULT_MODEL_DIR, MODEL_FILES, BertTagger, ModelFileError
+from pipeline.taggers.bert import DEFAULT_MODEL_DIR, MODEL_FILES, BertTagger, ModelFileError, windows
 from pipeline.taggers.ensemble import EnsembleTagger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,8 +45,8 @@ def tagger():
 # The shipped model misses these (their clauses fell in the dev/test split, so it
 # never trained on them; see models/tagger/MODEL_CARD.md). Strict: a retrained
 # model that gets them right must update this list.
-BERT_KNOWN_MISSES = {("confirmation", "我跟您确认一下"), ("rigid", "没办法"),
-                     ("vague", "我不清楚"), ("vague", "需要问一下")}
+BERT_KNOWN_MISSES = {("confirmation", "我跟您确认一下"), ("impatient", "我已经说过了"),
+                     ("proactive", "您是否需要了解我们的新功能?")}
 
 
 @pytest.mark.parametrize("tag,text", [
@@ -81,6 +81,35 @@ def test_hits_cover_the_whole_utterance(tagger):
     hits = tagger.predict([text], ["agent"])[0]
     assert hits and all((h.char_start, h.char_end) == (0, len(text)) for h in hits)
     assert all(0.0 < h.confidence <= 1.0 for h in hits)
+
+
+@pytest.mark.parametrize("text", [
+    "您好，请问有什么可以帮您",
+    "亲，您的订单已经出库了呢~预计明天送达哦。您还有其他问题吗？没有的话祝您生活愉快，再见！",
+    "这款型号支持的是二十二伏到二百四十伏的宽电压输入，所以您在国外也能正常使用，但插头需要您另外买一个转换头",
+    "啊" * 95,
+    "",
+])
+def test_windows_cover_the_text_at_sentence_ends(text):
+    spans = windows(text, 40)
+    assert "".join(text[start:end] for start, end in spans) == text  # in order, no gaps, no overlap
+    assert all(end - start <= 40 for start, end in spans)
+    if len(text) <= 40:
+        assert spans == [(0, len(text))]  # a short utterance is tagged whole
+    for start, end in spans[:-1]:
+        # cut after punctuation, unless a clause itself was longer than a window
+        assert text[end - 1] in "，。！？~、" or end - start == 40
+
+
+def test_a_long_turn_is_tagged_window_by_window(tagger):
+    """Nothing is lost to truncation at the end of a long chat turn, and each
+    hit's span is the window that carries it."""
+    filler = "这款型号支持宽电压输入，在国外也能正常使用，插头需要另外买一个转换头。" * 3
+    text = filler + "感谢您的来电，祝您生活愉快，再见！"
+    hits = tagger.predict([text], ["agent"])[0]
+    closing = [h for h in hits if h.label == "closing"]
+    assert closing and all(h.char_start >= len(filler) for h in closing)
+    assert all((h.char_start, h.char_end) in windows(text, tagger.window_chars) for h in hits)
 
 
 def test_deterministic_and_independent_of_batching(tagger):

@@ -16,7 +16,9 @@ A model folder holds:
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +31,13 @@ from pipeline.taggers.base import TagHit
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent.parent / "models" / "tagger"
 MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors", "tagger.json")
+FEED_FORWARD_OUTPUT = re.compile(r"layer\.\d+\.output\.dense$")  # not the attention output
 ROLE_PREFIX = {"agent": "客服：", "customer": "客户：", "unknown": ""}
+# Long turns (chat agents paste several sentences) are tagged window by window:
+# the model was trained on 1-3 clause utterances, truncation would drop the end
+# of a turn (where closings are), and a window is a finer evidence span.
+SENTENCE_END = re.compile(r"[。！？!?；;~～…\n]+|\s+")
+CLAUSE_END = re.compile(r"[，,、：:]+")
 
 
 class ModelFileError(RuntimeError):
@@ -76,6 +84,39 @@ def encode(tokenizer, texts: Sequence[str], roles: Sequence[str]) -> tuple[torch
     return ids, mask
 
 
+def windows(text: str, max_chars: int) -> list[tuple[int, int]]:
+    """Character spans covering `text`: sentences, merged while they fit in
+    `max_chars`; a longer sentence is cut at commas, a longer clause every
+    `max_chars` characters."""
+    pieces = []
+    for start, end in _cut(text, 0, len(text), SENTENCE_END):
+        if end - start <= max_chars:
+            pieces.append((start, end))
+            continue
+        for clause_start, clause_end in _cut(text, start, end, CLAUSE_END):
+            pieces += [(i, min(i + max_chars, clause_end)) for i in range(clause_start, clause_end, max_chars)]
+    spans: list[tuple[int, int]] = []
+    for start, end in pieces:
+        if spans and end - spans[-1][0] <= max_chars:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans or [(0, len(text))]
+
+
+def _cut(text: str, start: int, end: int, boundary: re.Pattern) -> list[tuple[int, int]]:
+    """text[start:end] cut just after each boundary match (the punctuation stays
+    with the sentence it ends)."""
+    spans, last = [], start
+    for match in boundary.finditer(text, start, end):
+        if match.end() > last:
+            spans.append((last, match.end()))
+            last = match.end()
+    if last < end:
+        spans.append((last, end))
+    return spans
+
+
 class BertTagger:
     """Tagger interface (see `pipeline.taggers.base`) over a fine-tuned TaggerNet."""
 
@@ -89,6 +130,7 @@ class BertTagger:
         self.tags: list[str] = settings["tags"]
         self.thresholds = torch.tensor([settings["thresholds"][t] for t in self.tags])
         self.batch_size = settings.get("batch_size", 64)
+        self.window_chars = settings.get("window_chars", 40)
 
     @classmethod
     def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, quantize: bool = False) -> "BertTagger":
@@ -129,10 +171,18 @@ class BertTagger:
                                    quantize=tagger_config.get("bert_quantize", False))
 
     def quantized(self) -> "BertTagger":
+        """int8 weights for the encoder's linear layers except the feed-forward
+        output projections: their inputs (GELU outputs) have outliers that
+        per-tensor int8 activations clip, which cost 0.12 macro-F1 when every
+        layer was quantised; skipping them costs 0.003 and keeps most of the speed-up
+        (benchmarks/bench_taggers.py). The small heads stay in fp32."""
+        net = copy.deepcopy(self.net)
+        names = {name for name, module in net.encoder.named_modules()
+                 if isinstance(module, nn.Linear) and not FEED_FORWARD_OUTPUT.search(name)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
-            net = torch.ao.quantization.quantize_dynamic(self.net, {nn.Linear}, dtype=torch.qint8)
-        tagger = BertTagger(net, self.tokenizer, self.settings, self.model_dir)
+            net.encoder = torch.ao.quantization.quantize_dynamic(net.encoder, names, dtype=torch.qint8)
+        tagger = BertTagger(net.eval(), self.tokenizer, self.settings, self.model_dir)
         tagger.name = "bert-int8"
         return tagger
 
@@ -170,20 +220,33 @@ class BertTagger:
         return tag_probs, sentiment_probs
 
     def predict(self, texts: Sequence[str], roles: Sequence[str]) -> list[list[TagHit]]:
+        """Tags per window of each utterance (the window is the hit's span). The
+        utterance is negative if any window is (one angry sentence in a long
+        turn makes an angry turn), else positive if any window is; the hit's
+        span is the most confident such window."""
         if len(texts) != len(roles):
             raise ValueError(f"{len(texts)} texts but {len(roles)} roles")
-        tag_probs, sentiment_probs = self.probabilities(texts, roles)
-        results = []
-        for i, (text, role) in enumerate(zip(texts, roles)):
-            hits = []
-            if role == "agent":  # the tag set describes agent behaviour only
-                for j in torch.nonzero(tag_probs[i] >= self.thresholds).flatten().tolist():
-                    hits.append(TagHit(self.tags[j], 0, len(text), round(float(tag_probs[i, j]), 4)))
-            sentiment = SENTIMENTS[int(sentiment_probs[i].argmax())]
+        spans = [windows(text, self.window_chars) for text in texts]
+        owner = [i for i, utterance_spans in enumerate(spans) for _ in utterance_spans]
+        flat = [(texts[i][start:end], start, end) for i, utterance_spans in enumerate(spans)
+                for start, end in utterance_spans]
+        tag_probs, sentiment_probs = self.probabilities([f[0] for f in flat], [roles[i] for i in owner])
+        results: list[list[TagHit]] = [[] for _ in texts]
+        sentiments: list[dict[str, tuple[float, int, int]]] = [{} for _ in texts]
+        for k, (_, start, end) in enumerate(flat):
+            i = owner[k]
+            if roles[i] == "agent":  # the tag set describes agent behaviour only
+                for j in torch.nonzero(tag_probs[k] >= self.thresholds).flatten().tolist():
+                    results[i].append(TagHit(self.tags[j], start, end, round(float(tag_probs[k, j]), 4)))
+            sentiment = SENTIMENTS[int(sentiment_probs[k].argmax())]
             if sentiment != "neutral":
-                hits.append(TagHit(f"sentiment.{sentiment}", 0, len(text),
-                                   round(float(sentiment_probs[i].max()), 4)))
-            results.append(hits)
+                best = (round(float(sentiment_probs[k].max()), 4), start, end)
+                sentiments[i][sentiment] = max(best, sentiments[i].get(sentiment, best))
+        for i, found in enumerate(sentiments):
+            sentiment = "negative" if "negative" in found else "positive" if found else None
+            if sentiment:
+                confidence, start, end = found[sentiment]
+                results[i].append(TagHit(f"sentiment.{sentiment}", start, end, confidence))
         return results
 
     def fit(self, texts: Sequence[str], roles: Sequence[str], label_sets: Sequence[set[str]]) -> "BertTagger":

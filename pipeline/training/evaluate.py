@@ -4,8 +4,11 @@ macro-F1, the hard-context subset, sentiment confusion and error examples.
     python -m pipeline.training.evaluate --report docs/tagger_evaluation.md
 
 compares every available tagger (lexicon, bert, bert-int8, ensemble) on the
-test split of data/tagger/dataset, plus sentiment on the real delivery
-reviews in ../shared/real/sentiment (evaluation only; never trained on).
+test split of data/tagger/dataset, plus two real-data checks (evaluation only;
+never trained on): sentiment on the delivery reviews in ../shared/real/sentiment,
+and tags and sentiment on a hand-labelled random sample of turns from the JD.com
+chats in ../shared/real/dialogues (labels in benchmarks/data/jddc_turn_labels.tsv,
+which holds session ids, turn numbers and labels but no text).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pipeline.taggers.base import predict_label_sets, sentiment_of
 
 REPO = Path(__file__).resolve().parent.parent.parent
 REAL_REVIEWS = REPO.parent / "shared" / "real" / "sentiment" / "waimai_sample.jsonl"
+REAL_CHATS = REPO.parent / "shared" / "real" / "dialogues" / "jddc2019_sample.jsonl"
+REAL_CHAT_LABELS = REPO / "benchmarks" / "data" / "jddc_turn_labels.tsv"
 N_ERRORS = 15
 
 
@@ -64,7 +69,7 @@ def evaluate_tagger(tagger, rows: list[dict]) -> dict:
     return {
         "tagger": tagger.name,
         "tags": tag_scores([gold[i] for i in agent], [predicted[i] for i in agent]),
-        "hard": tag_scores([gold[i] for i in hard], [predicted[i] for i in hard]),
+        "hard": tag_scores([gold[i] for i in hard], [predicted[i] for i in hard]) if hard else None,
         "sentiment": sentiment_scores([sentiment_of(gold[i]) for i in customer],
                                       [sentiment_of(predicted[i]) for i in customer]),
         "errors": errors[:N_ERRORS],
@@ -83,6 +88,32 @@ def real_review_sentiment(tagger, path: Path = REAL_REVIEWS) -> dict | None:
     polar = [p for p, i in zip(predicted, items) if sentiment_of(p) != "neutral"]
     scores["neutral_share"] = round(1 - len(polar) / len(items), 3)
     return scores
+
+
+def real_chat_rows(chats: Path = REAL_CHATS, labels: Path = REAL_CHAT_LABELS) -> list[dict]:
+    """The hand-labelled JD chat turns in the dataset schema, or [] when the
+    chats are not beside this checkout."""
+    from pipeline.normalize import normalize_text
+
+    if not (chats.exists() and labels.exists()):
+        return []
+    texts = {}
+    for line in chats.read_text(encoding="utf-8").splitlines():
+        session = json.loads(line)
+        for number, turn in enumerate(session["turns"]):
+            texts[(session["id"], number)] = turn["text"]
+    rows = []
+    for line in labels.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        session_id, number, role, label_text = line.split("\t")
+        if role == "agent":
+            label_set = [] if label_text == "-" else label_text.split(",")
+        else:
+            label_set = [] if label_text == "neutral" else [f"sentiment.{label_text}"]
+        rows.append({"text": normalize_text(texts[(session_id, int(number))]), "role": role,
+                     "labels": label_set, "hard": False, "source": "jddc"})
+    return rows
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
@@ -131,7 +162,8 @@ def available_taggers(model_dir: Path, dev_rows: list[dict], config: dict | None
             "ensemble-per_label": EnsembleTagger(lexicon, bert, mode="per_label", bert_labels=bert_labels)}
 
 
-def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict]) -> str:
+def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict],
+                    chats: dict[str, dict], chat_rows: list[dict]) -> str:
     names = list(results)
     lines = ["# Tagger evaluation (held-out test split)", "",
              f"Test split of data/tagger/dataset: {sum(r['role'] == 'agent' for r in rows)} agent utterances "
@@ -163,6 +195,23 @@ def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], r
             if rv:
                 lines.append(f"- {name}: accuracy {rv['accuracy']}, predicted neutral {rv['neutral_share']:.1%}, "
                              f"confusion {rv['confusion']}")
+    if chats:
+        lines += ["", "## Real JD.com chat turns (hand-labelled random sample; evaluation only)", "",
+                  f"{sum(r['role'] == 'agent' for r in chat_rows)} agent and "
+                  f"{sum(r['role'] == 'customer' for r in chat_rows)} customer turns drawn at random from "
+                  "../shared/real/dialogues and labelled by hand after the rules of the training data "
+                  "(benchmarks/data/README.md). Real chat wording, not written for callqa.", "",
+                  "| tagger | agent-tag macro-F1 | exact match | customer sentiment macro-F1 | sentiment confusion |",
+                  "|---|---|---|---|---|"]
+        for name in names:
+            c = chats[name]
+            lines.append(f"| {name} | {c['tags']['macro_f1']:.3f} | {c['tags']['exact_match']:.3f} | "
+                         f"{c['sentiment']['macro_f1']:.3f} | {c['sentiment']['confusion']} |")
+        lines += ["", "| tag | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for tag in AGENT_TAGS:
+            cells = [f"{chats[n]['tags']['per_tag'][tag]['f1']:.2f} / {chats[n]['tags']['per_tag'][tag]['precision']:.2f} / "
+                     f"{chats[n]['tags']['per_tag'][tag]['recall']:.2f}" for n in names]
+            lines.append(f"| {tag} | {chats[names[0]]['tags']['per_tag'][tag]['support']} | " + " | ".join(cells) + " |")
     for name in names:
         lines += ["", f"## Error examples: {name} ({results[name]['n_errors']} agent utterances wrong)", ""]
         for e in results[name]["errors"]:
@@ -183,7 +232,9 @@ def main() -> None:
     taggers = available_taggers(args.model, list(dataset["dev"]))
     results = {name: evaluate_tagger(t, rows) for name, t in taggers.items()}
     reviews = {name: real_review_sentiment(t) for name, t in taggers.items()}
-    report = markdown_report(results, reviews, rows)
+    chat_rows = real_chat_rows()
+    chats = {name: evaluate_tagger(t, chat_rows) for name, t in taggers.items()} if chat_rows else {}
+    report = markdown_report(results, reviews, rows, chats, chat_rows)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")
     print(report.split("## Per tag")[0])

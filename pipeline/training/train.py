@@ -56,6 +56,7 @@ def new_tagger(base_dir: Path, recipe: dict) -> BertTagger:
         "thresholds": {tag: 0.5 for tag in AGENT_TAGS},
         "max_length": recipe["max_length"],
         "batch_size": 64,
+        "window_chars": 40,  # long turns are tagged in windows of this many characters
     }
     return BertTagger(net, load_tokenizer(base_dir / "tokenizer.json", recipe["max_length"]), settings)
 
