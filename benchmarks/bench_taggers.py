@@ -3,20 +3,25 @@
     python benchmarks/bench_taggers.py --threads 2
 
 Tags the held-out test utterances of data/tagger/dataset (agent and customer,
-repeated to --n utterances) with each tagger. BERT is measured in float32 and
-with torch dynamic int8 quantisation of its linear layers, at each --batch-sizes
-(utterances per forward pass, sorted by length within the call). The lexicon
-tagger works one utterance at a time, so batch size does not apply to it.
+repeated to --n utterances) with each tagger, then, when ../shared/real is beside
+the checkout, the real JD.com chat turns (longer: BERT tags them window by window).
+BERT is measured in float32 and with torch dynamic int8 quantisation (linear
+layers except the feed-forward outputs), at each --batch-sizes (forward-pass
+size; utterances sorted by length). Times include placing each tag on its
+clause. The lexicon tagger works one utterance at a time, so batch size does not
+apply to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+JDDC = REPO.parent / "shared" / "real" / "dialogues" / "jddc2019_sample.jsonl"
 
 
 def throughput(tagger, texts: list[str], roles: list[str]) -> float:
@@ -37,29 +42,38 @@ def main() -> None:
 
     import torch
 
+    from pipeline.normalize import normalize_text
     from pipeline.taggers.bert import BertTagger
     from pipeline.training.data import load_dataset
 
     torch.set_num_threads(args.threads)
-    rows = list(load_dataset()["test"])
-    rows = (rows * (args.n // len(rows) + 1))[: args.n]
-    texts, roles = [r["text"] for r in rows], [r["role"] for r in rows]
-    mean_chars = sum(map(len, texts)) / len(texts)
-    print(f"{len(texts)} utterances (mean {mean_chars:.1f} characters), torch threads {args.threads}, "
-          f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    sets = {"held-out test utterances": list(load_dataset()["test"])}
+    if JDDC.exists():
+        sets["real JD.com chat turns"] = [{"text": normalize_text(t["text"]), "role": t["role"]}
+                                          for line in JDDC.read_text(encoding="utf-8").splitlines()
+                                          for t in json.loads(line)["turns"] if t["text"].strip()]
     try:
         from pipeline.config import load_config
         from pipeline.taggers.lexicon import LexiconTagger
 
         lexicon = LexiconTagger.from_config(load_config())
-        print(f"{'lexicon':<12} batch n/a  {throughput(lexicon, texts, roles):8.1f} utt/s")
     except ImportError:
+        lexicon = None
         print("lexicon tagger not in this checkout; skipped")
     bert = BertTagger.from_pretrained(args.model)
-    for name, tagger in (("bert-fp32", bert), ("bert-int8", bert.quantized())):
-        for batch_size in args.batch_sizes:
-            tagger.batch_size = batch_size
-            print(f"{name:<12} batch {batch_size:<4} {throughput(tagger, texts, roles):8.1f} utt/s")
+    taggers = (("bert-fp32", bert), ("bert-int8", bert.quantized()))
+    for title, rows in sets.items():
+        rows = (rows * (args.n // len(rows) + 1))[: args.n]
+        texts, roles = [r["text"] for r in rows], [r["role"] for r in rows]
+        mean_chars = sum(map(len, texts)) / len(texts)
+        print(f"{title}: {len(texts)} (mean {mean_chars:.1f} characters), torch threads {args.threads}, "
+              f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+        if lexicon is not None:
+            print(f"  {'lexicon':<12} batch n/a  {throughput(lexicon, texts, roles):8.1f} utt/s")
+        for name, tagger in taggers:
+            for batch_size in args.batch_sizes:
+                tagger.batch_size = batch_size
+                print(f"  {name:<12} batch {batch_size:<4} {throughput(tagger, texts, roles):8.1f} utt/s")
 
 
 if __name__ == "__main__":

@@ -42,17 +42,9 @@ def tagger():
     return BertTagger.from_pretrained()
 
 
-# The shipped model misses these (their clauses fell in the dev/test split, so it
-# never trained on them; see models/tagger/MODEL_CARD.md). Strict: a retrained
-# model that gets them right must update this list.
-BERT_KNOWN_MISSES = {("confirmation", "我跟您确认一下"), ("impatient", "我已经说过了"),
-                     ("proactive", "您是否需要了解我们的新功能?")}
-
-
-@pytest.mark.parametrize("tag,text", [
-    pytest.param(t, x, marks=pytest.mark.xfail(strict=True, reason="known miss of the shipped model"))
-    if (t, x) in BERT_KNOWN_MISSES else (t, x)
-    for t, xs in DOMAIN_EXAMPLES.items() for x in xs])
+# The guide's examples are always training clauses (data/tagger/agent_seed.tsv,
+# "…" filled differently there), so these check the model learned its definitions.
+@pytest.mark.parametrize("tag,text", [(t, x) for t, xs in DOMAIN_EXAMPLES.items() for x in xs])
 def test_tags_domain_examples(tagger, tag, text):
     labels = predict_label_sets(tagger, [normalize_text(text)], ["agent"])[0]
     assert tag in labels
@@ -109,7 +101,17 @@ def test_a_long_turn_is_tagged_window_by_window(tagger):
     hits = tagger.predict([text], ["agent"])[0]
     closing = [h for h in hits if h.label == "closing"]
     assert closing and all(h.char_start >= len(filler) for h in closing)
-    assert all((h.char_start, h.char_end) in windows(text, tagger.window_chars) for h in hits)
+    assert all(any(a <= h.char_start < h.char_end <= b for a, b in windows(text, tagger.window_chars))
+               for h in hits)
+
+
+def test_a_tag_is_placed_on_the_clause_that_carries_it(tagger):
+    text = "好，那我给您报个障，让师傅上门看一下光猫。"
+    hits = [h for h in tagger.predict([text], ["agent"])[0] if not h.label.startswith("sentiment")]
+    # The leading 好 is the listening signal; the rest of the turn is substance
+    # (an interruption counts the characters outside backchannel hits).
+    assert [(h.label, text[h.char_start:h.char_end]) for h in hits if h.label == "backchannel"] == [("backchannel", "好")]
+    assert all(text[h.char_start] not in "，。" and text[h.char_end - 1] not in "，。" for h in hits)
 
 
 def test_deterministic_and_independent_of_batching(tagger):
@@ -128,8 +130,9 @@ def test_quantised_model_agrees_on_domain_examples(tagger):
     texts = [x for xs in DOMAIN_EXAMPLES.values() for x in xs]
     fp32 = predict_label_sets(tagger, texts, ["agent"] * len(texts))
     int8 = predict_label_sets(tagger.quantized(), texts, ["agent"] * len(texts))
-    # int8 costs accuracy (docs/tagger_evaluation.md); measured 27 of 34 identical.
-    assert sum(a == b for a, b in zip(fp32, int8)) >= 0.75 * len(texts)
+    # int8 costs 0.006 held-out macro-F1 (docs/tagger_evaluation.md); measured 34 of 34
+    # identical. Quantising the feed-forward outputs too gave 27 of 34.
+    assert sum(a == b for a, b in zip(fp32, int8)) >= 0.9 * len(texts)
 
 
 @pytest.fixture

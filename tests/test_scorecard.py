@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.events import detect_events
 from pipeline.scorecard import ScorecardError, load_scorecard, score_call
+from pipeline.scoring import Scorer
 from pipeline.taggers import tag_call
 from tests.conftest import make_call
 
@@ -20,6 +21,13 @@ dimensions:
   empathy: {label: 共情, weight: 1}
 rules:
 """
+
+
+@pytest.fixture(scope="module")
+def scorer(config):
+    """The rule language is tested over the lexicon tagger, whose hits are
+    fixed by its word lists; the BERT tagger has its own tests."""
+    return Scorer({**config, "tagger": {**config["tagger"], "kind": "lexicon"}})
 
 
 def card(tmp_path, rules: str):

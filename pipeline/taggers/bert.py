@@ -38,6 +38,8 @@ ROLE_PREFIX = {"agent": "客服：", "customer": "客户：", "unknown": ""}
 # of a turn (where closings are), and a window is a finer evidence span.
 SENTENCE_END = re.compile(r"[。！？!?；;~～…\n]+|\s+")
 CLAUSE_END = re.compile(r"[，,、：:]+")
+CLAUSE_OR_SENTENCE_END = re.compile(f"{SENTENCE_END.pattern}|{CLAUSE_END.pattern}")
+_EDGE = re.compile(r"[\s，,、：:。！？!?；;~～….]")
 
 
 class ModelFileError(RuntimeError):
@@ -115,6 +117,22 @@ def _cut(text: str, start: int, end: int, boundary: re.Pattern) -> list[tuple[in
     if last < end:
         spans.append((last, end))
     return spans
+
+
+def _clauses(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The clauses of text[start:end], without their punctuation."""
+    spans = [_trim(text, a, b) for a, b in _cut(text, start, end, CLAUSE_OR_SENTENCE_END)]
+    return [(a, b) for a, b in spans if b > a]
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span without punctuation or spaces at either end (kept whole if that is all it has)."""
+    a, b = start, end
+    while a < b and _EDGE.match(text[a]):
+        a += 1
+    while b > a and _EDGE.match(text[b - 1]):
+        b -= 1
+    return (a, b) if b > a else (start, end)
 
 
 class BertTagger:
@@ -220,32 +238,44 @@ class BertTagger:
         return tag_probs, sentiment_probs
 
     def predict(self, texts: Sequence[str], roles: Sequence[str]) -> list[list[TagHit]]:
-        """Tags per window of each utterance (the window is the hit's span). The
-        utterance is negative if any window is (one angry sentence in a long
-        turn makes an angry turn), else positive if any window is; the hit's
+        """Agent tags are found per window of each utterance, then placed on the
+        clauses of the window that carry them alone (the evidence a reviewer
+        reads), or on the whole window where a tag needs the clauses together.
+        The utterance is negative if any window is (one angry sentence in a long
+        turn makes an angry turn), else positive if any window is; that hit's
         span is the most confident such window."""
         if len(texts) != len(roles):
             raise ValueError(f"{len(texts)} texts but {len(roles)} roles")
-        spans = [windows(text, self.window_chars) for text in texts]
-        owner = [i for i, utterance_spans in enumerate(spans) for _ in utterance_spans]
-        flat = [(texts[i][start:end], start, end) for i, utterance_spans in enumerate(spans)
-                for start, end in utterance_spans]
-        tag_probs, sentiment_probs = self.probabilities([f[0] for f in flat], [roles[i] for i in owner])
+        flat = [(i, start, end) for i, text in enumerate(texts) for start, end in windows(text, self.window_chars)]
+        tag_probs, sentiment_probs = self.probabilities([texts[i][a:b] for i, a, b in flat],
+                                                        [roles[i] for i, _, _ in flat])
+        found = {k: torch.nonzero(tag_probs[k] >= self.thresholds).flatten().tolist()
+                 for k, (i, _, _) in enumerate(flat) if roles[i] == "agent"}  # agent behaviour only
+        clauses = {k: _clauses(texts[flat[k][0]], flat[k][1], flat[k][2]) for k, labels in found.items() if labels}
+        queued = [(k, a, b) for k, spans in clauses.items() if len(spans) > 1 for a, b in spans]
+        clause_probs, _ = self.probabilities([texts[flat[k][0]][a:b] for k, a, b in queued], ["agent"] * len(queued))
+        clause_rows: dict[int, list[tuple[int, int, int]]] = {}
+        for q, (k, a, b) in enumerate(queued):
+            clause_rows.setdefault(k, []).append((q, a, b))
         results: list[list[TagHit]] = [[] for _ in texts]
+        for k, labels in found.items():
+            i, start, end = flat[k]
+            for j in labels:
+                carriers = [(a, b, float(clause_probs[q, j])) for q, a, b in clause_rows.get(k, [])
+                            if clause_probs[q, j] >= self.thresholds[j]]
+                if not carriers:
+                    carriers = [(*_trim(texts[i], start, end), float(tag_probs[k, j]))]
+                results[i] += [TagHit(self.tags[j], a, b, round(p, 4)) for a, b, p in carriers]
         sentiments: list[dict[str, tuple[float, int, int]]] = [{} for _ in texts]
-        for k, (_, start, end) in enumerate(flat):
-            i = owner[k]
-            if roles[i] == "agent":  # the tag set describes agent behaviour only
-                for j in torch.nonzero(tag_probs[k] >= self.thresholds).flatten().tolist():
-                    results[i].append(TagHit(self.tags[j], start, end, round(float(tag_probs[k, j]), 4)))
+        for k, (i, start, end) in enumerate(flat):
             sentiment = SENTIMENTS[int(sentiment_probs[k].argmax())]
             if sentiment != "neutral":
                 best = (round(float(sentiment_probs[k].max()), 4), start, end)
                 sentiments[i][sentiment] = max(best, sentiments[i].get(sentiment, best))
-        for i, found in enumerate(sentiments):
-            sentiment = "negative" if "negative" in found else "positive" if found else None
+        for i, polar in enumerate(sentiments):
+            sentiment = "negative" if "negative" in polar else "positive" if polar else None
             if sentiment:
-                confidence, start, end = found[sentiment]
+                confidence, start, end = polar[sentiment]
                 results[i].append(TagHit(f"sentiment.{sentiment}", start, end, confidence))
         return results
 

