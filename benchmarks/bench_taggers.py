@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-JDDC = REPO.parent / "shared" / "real" / "dialogues" / "jddc2019_sample.jsonl"
 
 
 def throughput(tagger, texts: list[str], roles: list[str]) -> float:
@@ -45,12 +44,13 @@ def main() -> None:
     from pipeline.normalize import normalize_text
     from pipeline.taggers.bert import BertTagger
     from pipeline.training.data import load_dataset
+    from pipeline.training.evaluate import REAL_CHATS
 
     torch.set_num_threads(args.threads)
     sets = {"held-out test utterances": list(load_dataset()["test"])}
-    if JDDC.exists():
+    if REAL_CHATS.exists():
         sets["real JD.com chat turns"] = [{"text": normalize_text(t["text"]), "role": t["role"]}
-                                          for line in JDDC.read_text(encoding="utf-8").splitlines()
+                                          for line in REAL_CHATS.read_text(encoding="utf-8").splitlines()
                                           for t in json.loads(line)["turns"] if t["text"].strip()]
     try:
         from pipeline.config import load_config

@@ -1,4 +1,5 @@
-"""The BERT tagger: a fine-tuned encoder that labels whole utterances.
+"""The BERT tagger: a fine-tuned encoder that labels utterances, placing each
+tag on the clause that carries it.
 
 One shared encoder (multilingual-e5-small, pruned to a Chinese vocabulary, see
 `pipeline.training.build_base`) with two heads on the mean-pooled tokens:
@@ -36,10 +37,11 @@ ROLE_PREFIX = {"agent": "客服：", "customer": "客户：", "unknown": ""}
 # Long turns (chat agents paste several sentences) are tagged window by window:
 # the model was trained on 1-3 clause utterances, truncation would drop the end
 # of a turn (where closings are), and a window is a finer evidence span.
-SENTENCE_END = re.compile(r"[。！？!?；;~～…\n]+|\s+")
-CLAUSE_END = re.compile(r"[，,、：:]+")
+SENTENCE_MARKS, CLAUSE_MARKS = "。！？!?；;~～…\n", "，,、：:"
+SENTENCE_END = re.compile(f"[{SENTENCE_MARKS}]+|\\s+")
+CLAUSE_END = re.compile(f"[{CLAUSE_MARKS}]+")
 CLAUSE_OR_SENTENCE_END = re.compile(f"{SENTENCE_END.pattern}|{CLAUSE_END.pattern}")
-_EDGE = re.compile(r"[\s，,、：:。！？!?；;~～….]")
+_EDGE = re.compile(f"[{SENTENCE_MARKS}{CLAUSE_MARKS}.]|\\s")  # trimmed off a clause's ends
 
 
 class ModelFileError(RuntimeError):
@@ -152,8 +154,8 @@ class BertTagger:
 
     @classmethod
     def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, quantize: bool = False) -> "BertTagger":
-        """Load a model folder written by `save`. `quantize` converts the linear
-        layers to int8 (torch dynamic quantisation) for faster CPU inference."""
+        """Load a model folder written by `save`. `quantize`: the int8 model of
+        `quantized()`, for faster CPU inference."""
         from safetensors.torch import load_file
         from transformers import BertConfig
 
@@ -191,9 +193,9 @@ class BertTagger:
     def quantized(self) -> "BertTagger":
         """int8 weights for the encoder's linear layers except the feed-forward
         output projections: their inputs (GELU outputs) have outliers that
-        per-tensor int8 activations clip, which cost 0.12 macro-F1 when every
-        layer was quantised; skipping them costs 0.003 and keeps most of the speed-up
-        (benchmarks/bench_taggers.py). The small heads stay in fp32."""
+        per-tensor int8 activations clip, which cost 0.12 held-out macro-F1 when
+        every layer was quantised; skipping them costs about 0.01 and keeps most of
+        the speed-up (benchmarks/bench_taggers.py). The small heads stay in fp32."""
         net = copy.deepcopy(self.net)
         names = {name for name, module in net.encoder.named_modules()
                  if isinstance(module, nn.Linear) and not FEED_FORWARD_OUTPUT.search(name)}
@@ -251,12 +253,16 @@ class BertTagger:
                                                         [roles[i] for i, _, _ in flat])
         found = {k: torch.nonzero(tag_probs[k] >= self.thresholds).flatten().tolist()
                  for k, (i, _, _) in enumerate(flat) if roles[i] == "agent"}  # agent behaviour only
-        clauses = {k: _clauses(texts[flat[k][0]], flat[k][1], flat[k][2]) for k, labels in found.items() if labels}
-        queued = [(k, a, b) for k, spans in clauses.items() if len(spans) > 1 for a, b in spans]
-        clause_probs, _ = self.probabilities([texts[flat[k][0]][a:b] for k, a, b in queued], ["agent"] * len(queued))
-        clause_rows: dict[int, list[tuple[int, int, int]]] = {}
-        for q, (k, a, b) in enumerate(queued):
-            clause_rows.setdefault(k, []).append((q, a, b))
+        # Windows with tags and more than one clause: each clause is scored alone.
+        clause_rows: dict[int, list[tuple[int, int, int]]] = {}  # window -> (row, start, end)
+        queued: list[str] = []
+        for k, labels in found.items():
+            spans = _clauses(texts[flat[k][0]], flat[k][1], flat[k][2]) if labels else []
+            if len(spans) > 1:
+                for a, b in spans:
+                    clause_rows.setdefault(k, []).append((len(queued), a, b))
+                    queued.append(texts[flat[k][0]][a:b])
+        clause_probs, _ = self.probabilities(queued, ["agent"] * len(queued))
         results: list[list[TagHit]] = [[] for _ in texts]
         for k, labels in found.items():
             i, start, end = flat[k]

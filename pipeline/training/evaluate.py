@@ -168,6 +168,18 @@ def available_taggers(model_dir: Path, dev_rows: list[dict], config: dict | None
             "ensemble-per_label": EnsembleTagger(lexicon, bert, mode="per_label", bert_labels=bert_labels)}
 
 
+def per_tag_table(scores: dict[str, dict]) -> list[str]:
+    """Markdown rows: per agent tag, support and each tagger's F1 / precision /
+    recall (`scores`: tagger name -> `tag_scores` result)."""
+    names = list(scores)
+    lines = ["| tag | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for tag in AGENT_TAGS:
+        cells = [f"{s['f1']:.2f} / {s['precision']:.2f} / {s['recall']:.2f}"
+                 for s in (scores[n]["per_tag"][tag] for n in names)]
+        lines.append(f"| {tag} | {scores[names[0]]['per_tag'][tag]['support']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict],
                     chats: dict[str, tuple[list[dict], dict[str, dict]]]) -> str:
     """`chats`: per labelled JD chat sample, its rows and each tagger's metrics."""
@@ -187,12 +199,8 @@ def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], r
                      f"{m['hard']['exact_match']:.3f} | {m['sentiment']['macro_f1']:.3f} | "
                      f"{rv['accuracy'] if rv else 'n/a'} |")
     for subset, title in (("tags", "Per tag, all agent utterances"), ("hard", "Per tag, hard-context subset")):
-        lines += ["", f"## {title} (F1 / precision / recall)", "",
-                  "| tag | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-        for tag in AGENT_TAGS:
-            cells = [f"{results[n][subset]['per_tag'][tag]['f1']:.2f} / {results[n][subset]['per_tag'][tag]['precision']:.2f} / "
-                     f"{results[n][subset]['per_tag'][tag]['recall']:.2f}" for n in names]
-            lines.append(f"| {tag} | {results[names[0]][subset]['per_tag'][tag]['support']} | " + " | ".join(cells) + " |")
+        lines += ["", f"## {title} (F1 / precision / recall)", ""]
+        lines += per_tag_table({n: results[n][subset] for n in names})
     lines += ["", "## Sentiment confusion, customer utterances (rows gold, columns predicted: negative / neutral / positive)", ""]
     for name in names:
         lines.append(f"- {name}: {results[name]['sentiment']['confusion']}")
@@ -214,13 +222,7 @@ def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], r
             c = chat_results[name]
             lines.append(f"| {name} | {c['tags']['macro_f1']:.3f} | {c['tags']['exact_match']:.3f} | "
                          f"{c['sentiment']['macro_f1']:.3f} | {c['sentiment']['confusion']} |")
-        lines += ["", "| tag | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-        for tag in AGENT_TAGS:
-            cells = [f"{chat_results[n]['tags']['per_tag'][tag]['f1']:.2f} / "
-                     f"{chat_results[n]['tags']['per_tag'][tag]['precision']:.2f} / "
-                     f"{chat_results[n]['tags']['per_tag'][tag]['recall']:.2f}" for n in names]
-            lines.append(f"| {tag} | {chat_results[names[0]]['tags']['per_tag'][tag]['support']} | "
-                         + " | ".join(cells) + " |")
+        lines += [""] + per_tag_table({n: chat_results[n]["tags"] for n in names})
     for name in names:
         lines += ["", f"## Error examples: {name} ({results[name]['n_errors']} agent utterances wrong)", ""]
         for e in results[name]["errors"]:
