@@ -4,7 +4,7 @@
         [--limit N] [--telephone] [--calls] [--config my-speech.yaml]
 
 Clips: ../shared/real/speech (103 read/broadcast utterances with reference
-transcripts; not shipped with the project). CER normalisation (pipeline/cer.py):
+transcripts; not shipped with the project). CER normalisation (pipeline/speech/cer.py):
 Traditional -> Simplified, punctuation removed, Arabic numbers rewritten as
 Chinese digit by digit or read as a number, whichever matches the reference.
 Digit-string clips (references made only of Chinese digits) are reported apart.
@@ -38,9 +38,9 @@ CALLS = ROOT / "tests" / "data" / "audio"
 
 def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool, config_path: Path | None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipeline.asr import load_recognizer, recognize
-    from pipeline.audio import load_audio, resample
-    from pipeline.transcribe import load_speech_config, transcribe_file
+    from pipeline.speech.asr import load_recognizer, recognize
+    from pipeline.speech.audio import load_audio, resample
+    from pipeline.speech.transcribe import load_speech_config, transcribe_file
 
     config = load_speech_config(config_path)
     config["backend"] = backend
@@ -78,7 +78,7 @@ def run_backend(backend: str, clips: list[dict], telephone: bool, calls: bool, c
 
 
 def main() -> None:
-    from pipeline.cer import CHINESE_DIGIT_CHARS, cer, normalize
+    from pipeline.speech.cer import CHINESE_DIGIT_CHARS, cer, normalize
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=["faster-whisper", "openai-whisper"])

@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.scoring import Scorer  # noqa: E402
-from pipeline.store import Store  # noqa: E402
-from pipeline.webapp import create_app  # noqa: E402
+from pipeline.review.store import Store  # noqa: E402
+from pipeline.review.webapp import create_app  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "calls"
 

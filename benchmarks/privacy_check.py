@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.privacy import load_privacy  # noqa: E402
+from pipeline.review.privacy import load_privacy  # noqa: E402
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "real"
 DIGITS = set("零一二三四五六七八九幺两")

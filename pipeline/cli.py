@@ -18,7 +18,7 @@ and the batch carries on; the exit code is non-zero only when nothing could be
 scored.
 
 `callqa batch` is the weekly job: resumable, parallel, with a report for QA
-leads; see pipeline/batch.py. Its exit code is 1 when any file or call failed.
+leads; see pipeline/batch/runner.py. Its exit code is 1 when any file or call failed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pipeline.readers import TRANSCRIPT_SUFFIXES, ReadError, decode_text
 from pipeline.report import write_agent_summary, write_batch_csv, write_call, write_csv
 from pipeline.scorecard import ScorecardError
 from pipeline.scoring import AUDIO_SUFFIXES, Scorer
-from pipeline.store import Store, StoreError, file_sha256
+from pipeline.review.store import Store, StoreError, file_sha256
 from pipeline.taggers.lexicon import LexiconError
 
 
@@ -109,8 +109,8 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def batch_command(args: argparse.Namespace) -> int:
-    from pipeline.batch import BatchError, run_batch
-    from pipeline.weekly import PreviousRunError
+    from pipeline.batch.runner import BatchError, run_batch
+    from pipeline.batch.weekly import PreviousRunError
 
     try:
         summary = run_batch(args.input, args.out, workers=args.workers, engine=args.engine,
@@ -136,7 +136,7 @@ def _open_store(args: argparse.Namespace) -> Store:
 def review_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pipeline.webapp import create_app, is_loopback
+    from pipeline.review.webapp import create_app, is_loopback
 
     try:
         config = load_config(args.config)
@@ -160,8 +160,8 @@ def _filters(args: argparse.Namespace) -> dict:
 
 
 def clips_command(args: argparse.Namespace) -> int:
-    from pipeline.clips import export_clips
-    from pipeline.privacy import load_privacy
+    from pipeline.review.clips import export_clips
+    from pipeline.review.privacy import load_privacy
 
     try:
         config = load_config(args.config)
@@ -181,8 +181,8 @@ def clips_command(args: argparse.Namespace) -> int:
 
 
 def corrections_command(args: argparse.Namespace) -> int:
-    from pipeline.privacy import load_privacy
-    from pipeline.review import export_corrections
+    from pipeline.review.privacy import load_privacy
+    from pipeline.review.verdicts import export_corrections
 
     try:
         store = _open_store(args)
@@ -198,7 +198,7 @@ def corrections_command(args: argparse.Namespace) -> int:
 
 def human_scores_command(args: argparse.Namespace) -> int:
     from pipeline.config import config_path
-    from pipeline.review import read_human_scores
+    from pipeline.review.verdicts import read_human_scores
     from pipeline.scorecard import load_scorecard
 
     try:

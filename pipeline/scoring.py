@@ -67,15 +67,15 @@ class Scorer:
     def speech_config(self) -> dict:
         """configs/speech.yaml with the user config's `speech:` keys and the overrides.
         Importing the speech stage is deferred: text-only work never loads torch."""
-        from pipeline.transcribe import load_speech_config
+        from pipeline.speech.transcribe import load_speech_config
 
         return {**load_speech_config(self.config.get("_user_file")), **self.speech_overrides}
 
     def transcribe(self, path: str | Path, agent_channel: int | None = None) -> Call:
         """Stage transcribe: a recording -> a Call with timed, attributed turns."""
         try:
-            from pipeline.asr import load_recognizer
-            from pipeline.transcribe import transcribe_file
+            from pipeline.speech.asr import load_recognizer
+            from pipeline.speech.transcribe import transcribe_file
         except ImportError as err:
             raise ReadError(f"{path}: the speech stage is not installed ({err})") from None
         config = self.speech_config()

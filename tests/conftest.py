@@ -46,7 +46,7 @@ def make_call(*turns, call_id="t") -> Call:
 @pytest.fixture(scope="session")
 def sample_calls(scorer):
     """Every sample call, scored, with the sha256 of its file."""
-    from pipeline.store import file_sha256
+    from pipeline.review.store import file_sha256
 
     out = []
     for path in sorted(SAMPLE_CALLS.iterdir()):
@@ -112,7 +112,7 @@ def scored_store(tmp_path):
     (under tmp/audio). Returns (store path, audio folder)."""
     from pipeline.cli import main
     from pipeline.model import AudioInfo
-    from pipeline.store import Store
+    from pipeline.review.store import Store
 
     out, audio = tmp_path / "out", tmp_path / "audio"
     audio.mkdir()

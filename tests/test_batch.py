@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.batch import run_batch
-from pipeline.store import Store
+from pipeline.batch.runner import run_batch
+from pipeline.review.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "calls"
@@ -117,7 +117,7 @@ def _huge_header_wav(path: Path) -> None:
 
 def test_process_item_turns_each_failure_into_a_row_naming_the_stage(tmp_path):
     """The stage function both engines run, called directly: it never raises."""
-    from pipeline.batch import Item, Stages, process_item
+    from pipeline.batch.runner import Item, Stages, process_item
 
     stages = Stages()
     ok = process_item(Item(str(SAMPLES / "logistics_calls.csv"), done_ids=frozenset({"logistics_good_01"})), stages)

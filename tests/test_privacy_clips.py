@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.clips import export_clips
+from pipeline.review.clips import export_clips
 from pipeline.config import load_config
 from pipeline.model import Turn, Word
-from pipeline.privacy import load_privacy
-from pipeline.store import Store
+from pipeline.review.privacy import load_privacy
+from pipeline.review.store import Store
 
 
 @pytest.fixture(scope="module")

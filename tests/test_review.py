@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.readers import ReadError
-from pipeline.review import (added_key, calibration, correction_rows, export_corrections, flags_of,
+from pipeline.review.verdicts import (added_key, calibration, correction_rows, export_corrections, flags_of,
                              human_scores, read_human_scores, reviewed_call, rule_precision)
-from pipeline.store import Store
+from pipeline.review.store import Store
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_rule_precision_counts_upheld_and_rejected_evidence(store, scorer):
 
 def test_corrections_are_reviewed_turns_with_corrected_labels(store, tmp_path, scorer):
     from datasets import load_from_disk
-    from pipeline.privacy import load_privacy
+    from pipeline.review.privacy import load_privacy
 
     call = store.get_call("telecom_bad_interrupt_01")
     backchannel = next(f for f in flags_of(call, []) if f.label == "backchannel")
@@ -94,7 +94,7 @@ def test_corrections_are_reviewed_turns_with_corrected_labels(store, tmp_path, s
 
 
 def test_corrections_mask_personal_data_and_swap_a_wrong_speaker(tmp_path, sample_calls, scorer):
-    from pipeline.privacy import load_privacy
+    from pipeline.review.privacy import load_privacy
 
     call = sample_calls[0][0].model_copy(deep=True)
     agent = next(t for t in call.turns if t.role == "agent" and call.tags_for(t.id))

@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from pipeline.cli import main
-from pipeline.review import added_key
-from pipeline.store import Store, StoreError
+from pipeline.review.verdicts import added_key
+from pipeline.review.store import Store, StoreError
 
 
 def test_clips_corrections_and_human_scores_commands(scored_store, tmp_path, capsys):

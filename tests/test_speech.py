@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import roles
-from pipeline.asr import cut_loops
-from pipeline.audio import AudioError, load_audio
-from pipeline.cer import cer
-from pipeline.transcribe import load_speech_config, overlap_events
-from pipeline.vad import speech_regions
+from pipeline.speech import roles
+from pipeline.speech.asr import cut_loops
+from pipeline.speech.audio import AudioError, load_audio
+from pipeline.speech.cer import cer
+from pipeline.speech.transcribe import load_speech_config, overlap_events
+from pipeline.speech.vad import speech_regions
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 CALLS = ["call_a_stereo_16k", "call_a_mono_16k", "call_b_stereo_8k_ulaw", "call_b_mono_8k_alaw"]
@@ -129,7 +129,7 @@ def test_agent_is_the_speaker_with_service_wording():
 
 def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
     """A 95 s monologue is cut at quiet points into pieces under max_utterance_seconds."""
-    from pipeline.vad import split_long_regions
+    from pipeline.speech.vad import split_long_regions
 
     config = load_speech_config()
     rng = np.random.default_rng(0)
@@ -146,7 +146,7 @@ def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
 def test_guards_know_whispers_hallucinations_but_not_service_talk():
     import re
 
-    from pipeline.asr import _echoes_prompt
+    from pipeline.speech.asr import _echoes_prompt
 
     config = load_speech_config()
     hallucination = re.compile("|".join(config["guards"]["hallucination_patterns"]))
@@ -171,8 +171,8 @@ def test_repeated_phrase_loops_are_cut():
 
 @pytest.fixture(scope="module")
 def calls():
-    from pipeline.asr import load_recognizer
-    from pipeline.transcribe import transcribe_file
+    from pipeline.speech.asr import load_recognizer
+    from pipeline.speech.transcribe import transcribe_file
 
     config = load_speech_config()
     recognizer = load_recognizer(config)
@@ -236,8 +236,8 @@ def test_stereo_and_mono_give_the_same_roles(calls, call_name):
 
 @pytest.mark.slow
 def test_wrong_agent_channel_is_caught_by_the_wording():
-    from pipeline.asr import load_recognizer
-    from pipeline.transcribe import transcribe_file
+    from pipeline.speech.asr import load_recognizer
+    from pipeline.speech.transcribe import transcribe_file
 
     config = load_speech_config()
     call = transcribe_file(AUDIO / "call_b_stereo_8k_ulaw.wav", config, load_recognizer(config), agent_channel=0)
@@ -248,7 +248,7 @@ def test_wrong_agent_channel_is_caught_by_the_wording():
 @pytest.mark.slow
 def test_both_backends_give_near_identical_text():
     """Same weights, same precision (float32): the two implementations agree to within 5% CER."""
-    from pipeline.asr import load_recognizer, recognize
+    from pipeline.speech.asr import load_recognizer, recognize
 
     audio = load_audio(AUDIO / "call_a_stereo_16k.wav")
     texts = {}

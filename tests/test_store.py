@@ -13,7 +13,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from pipeline.store import Store, StoreError, iso_week, metadata
+from pipeline.review.store import Store, StoreError, iso_week, metadata
 
 REPO_ROOT = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
 _db_counter = itertools.count()
@@ -115,7 +115,7 @@ def test_iso_week():
 _WRITER = """
 import sys
 from pipeline.model import Call
-from pipeline.store import Store
+from pipeline.review.store import Store
 call = Call.from_json(open(sys.argv[2], encoding="utf-8").read())
 big = call.model_copy(deep=True)
 n = len(call.turns)
@@ -200,7 +200,7 @@ def test_concurrent_writers_and_a_reader(tmp_path, sample_calls, call_json):
 
 def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path):
     path = str(tmp_path / "fresh.db")
-    code = "import sys; from pipeline.store import Store; print(Store(sys.argv[1]).schema_version())"
+    code = "import sys; from pipeline.review.store import Store; print(Store(sys.argv[1]).schema_version())"
     openers = [subprocess.Popen([sys.executable, "-c", code, path], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=120) for p in openers]

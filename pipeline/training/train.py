@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from pipeline.model import AGENT_TAGS, SENTIMENTS
-from pipeline.taggers.bert import MODEL_FILES, BertTagger, TaggerNet, encode, load_tokenizer
+from pipeline.taggers.bert import MODEL_FILES, BertTagger, TaggerNet, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent.parent
 RECIPE = REPO / "configs" / "tagger_training.yaml"
@@ -35,12 +34,6 @@ def load_recipe(path: Path = RECIPE) -> dict:
 
 def _base_layers(base_dir: Path) -> int:
     return json.loads((base_dir / "config.json").read_text())["num_hidden_layers"]
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def new_tagger(base_dir: Path, recipe: dict) -> BertTagger:
@@ -59,62 +52,6 @@ def new_tagger(base_dir: Path, recipe: dict) -> BertTagger:
         "window_chars": 40,  # long turns are tagged in windows of this many characters
     }
     return BertTagger(net, load_tokenizer(base_dir / "tokenizer.json", recipe["max_length"]), settings)
-
-
-def _targets(roles, label_sets, tags):
-    tag_targets = torch.tensor([[float(t in labels) for t in tags] for labels in label_sets])
-    # Only agent utterances carry agent-tag supervision.
-    tag_mask = torch.tensor([float(r == "agent") for r in roles]).unsqueeze(1)
-    sentiment = torch.tensor([
-        SENTIMENTS.index("negative") if "sentiment.negative" in labels
-        else SENTIMENTS.index("positive") if "sentiment.positive" in labels
-        else SENTIMENTS.index("neutral") for labels in label_sets])
-    return tag_targets, tag_mask, sentiment
-
-
-def fine_tune(tagger: BertTagger, texts: list[str], roles: list[str], label_sets: list[set[str]],
-              recipe: dict | None = None) -> BertTagger:
-    """Train tagger.net on the utterances (in place)."""
-    from transformers import get_linear_schedule_with_warmup
-
-    recipe = recipe or load_recipe()
-    set_seed(recipe["seed"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = tagger.net.to(device).train()
-    tag_targets, tag_mask, sentiment = _targets(roles, label_sets, tagger.tags)
-    batch_size = recipe["batch_size"]
-    steps = recipe["epochs"] * ((len(texts) + batch_size - 1) // batch_size)
-    heads = list(net.tag_head.parameters()) + list(net.sentiment_head.parameters())
-    optimizer = torch.optim.AdamW(
-        [{"params": net.encoder.parameters(), "lr": recipe["learning_rate"]},
-         {"params": heads, "lr": recipe["head_learning_rate"]}],
-        weight_decay=recipe["weight_decay"])
-    schedule = get_linear_schedule_with_warmup(optimizer, int(steps * recipe["warmup_share"]), steps)
-    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
-    ce = torch.nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(recipe["seed"])
-    progress = tqdm(total=steps, desc="fine-tuning", unit="step")
-    for _ in range(recipe["epochs"]):
-        order = torch.randperm(len(texts), generator=generator).tolist()
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            ids, mask = encode(tagger.tokenizer, [texts[i] for i in batch], [roles[i] for i in batch])
-            tag_logits, sentiment_logits = net(ids.to(device), mask.to(device))
-            m = tag_mask[batch].to(device)
-            # Summed over tags, averaged over agent utterances: each tag weighs
-            # as much as the sentiment decision.
-            tag_loss = (bce(tag_logits, tag_targets[batch].to(device)) * m).sum() / m.sum().clamp(min=1)
-            loss = tag_loss + recipe["sentiment_loss_weight"] * ce(sentiment_logits, sentiment[batch].to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-    progress.close()
-    tagger.net = net.cpu().eval()
-    return tagger
 
 
 def tune_thresholds(tagger: BertTagger, rows: list[dict], grid: list[float]) -> dict[str, float]:
@@ -154,8 +91,8 @@ def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None
     started = time.time()
     tagger = BertTagger.from_pretrained(init) if init else new_tagger(base_dir, recipe)
     train_rows = splits["train"]
-    fine_tune(tagger, [r["text"] for r in train_rows], [r["role"] for r in train_rows],
-              [set(r["labels"]) for r in train_rows], recipe)
+    tagger.fit([r["text"] for r in train_rows], [r["role"] for r in train_rows],
+               [set(r["labels"]) for r in train_rows], recipe)
     tagger.settings["thresholds"] = tune_thresholds(tagger, splits["dev"], recipe["threshold_grid"])
     tagger.thresholds = torch.tensor([tagger.settings["thresholds"][t] for t in tagger.tags])
     tagger.settings["training"] = {

@@ -16,12 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile as sf
+from jinja2 import Environment, PackageLoader, select_autoescape
 from tqdm import tqdm
 
-from pipeline.privacy import Privacy
-from pipeline.report import ROLE_LABELS, clock, safe_name, templates, write_atomic, write_csv
-from pipeline.review import flags_of
-from pipeline.store import CallSummary, Store
+from pipeline.report import ROLE_LABELS, clock, safe_name, write_atomic, write_csv
+from pipeline.review.privacy import Privacy
+from pipeline.review.store import CallSummary, Store
+from pipeline.review.verdicts import flags_of
+
+templates = Environment(loader=PackageLoader("pipeline.review", "templates"), autoescape=select_autoescape())
 
 
 @dataclass

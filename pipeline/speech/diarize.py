@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans
 
-from pipeline.audio import SAMPLE_RATE
-from pipeline.vad import Region
+from pipeline.speech.audio import SAMPLE_RATE
+from pipeline.speech.vad import Region
 
 
 @dataclass

@@ -44,7 +44,7 @@ CHART_AGENTS = 30  # the chart shows the lowest-scoring agents; the table shows 
 GRADE_COLOURS = ("#1b7f3b", "#2f6db3", "#b37a00", "#c0392b", "#7f1d1d")
 
 log = logging.getLogger("callqa.batch")
-_env = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape())
+_env = Environment(loader=PackageLoader("pipeline.batch", "templates"), autoescape=select_autoescape())
 
 
 class PreviousRunError(ValueError):

@@ -5,7 +5,7 @@ VAD, each region is recognised on its own, and the agent is the configured
 channel unless the wording strongly says otherwise. Overlaps of the two
 channels' speech become interruption events, so they are right even where ASR
 drops a word. Mono: the speech regions are split between two speakers by voice
-(pipeline/diarize.py) and the agent is decided from wording and who speaks first.
+(pipeline/speech/diarize.py) and the agent is decided from wording and who speaks first.
 
 The model only ever sees one speech region at a time (at most
 `max_utterance_seconds`), so a call of hours is processed piece by piece.
@@ -19,14 +19,14 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from pipeline import roles
-from pipeline.asr import PUNCTUATION, Recognizer, load_recognizer, recognize
-from pipeline.audio import SAMPLE_RATE, Audio, load_audio
-from pipeline.diarize import SpeakerRegion, diarize
+from pipeline.speech import roles
+from pipeline.speech.asr import PUNCTUATION, Recognizer, load_recognizer, recognize
+from pipeline.speech.audio import SAMPLE_RATE, Audio, load_audio
+from pipeline.speech.diarize import SpeakerRegion, diarize
 from pipeline.model import AudioInfo, Call, Event, Turn, Word
-from pipeline.vad import Region, merge_regions, speech_regions, split_long_regions
+from pipeline.speech.vad import Region, merge_regions, speech_regions, split_long_regions
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "speech.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "speech.yaml"
 # Two channels this similar are one signal written twice: treat the call as mono.
 SAME_SIGNAL_CORRELATION = 0.99
 

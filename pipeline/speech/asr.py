@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 from opencc import OpenCC
 
-from pipeline import whisper_models
+from pipeline.speech import whisper_models
 from pipeline.model import Word
 
 PUNCTUATION = re.compile(r"[\s\u3000-\u303f\uff00-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65,.!?;:'\"()\[\]{}<>…—-]+")

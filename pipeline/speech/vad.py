@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.audio import SAMPLE_RATE
+from pipeline.speech.audio import SAMPLE_RATE
 
 Region = tuple[float, float]
 

@@ -4,7 +4,7 @@
 `config.attributes["connection"]`; migrations run on it, so a failed upgrade
 rolls back with everything else.
 
-To change the schema: change the tables in pipeline/store.py, then add a file
+To change the schema: change the tables in pipeline/review/store.py, then add a file
 to versions/ whose `down_revision` is the newest one, with `upgrade()` doing
 the same change through `op` (use `op.batch_alter_table` so SQLite can alter
 columns). Every store is upgraded the next time it is opened.

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.model import AGENT_TAGS, Call, Event, Scores, Tag
-from pipeline.privacy import Privacy
+from pipeline.review.privacy import Privacy
 from pipeline.readers import ReadError, decode_text
 from pipeline.report import BAD_TAGS, EVENT_KINDS
 from pipeline.scorecard import Scorecard, score_call
-from pipeline.store import Store, Verdict
+from pipeline.review.store import Store, Verdict
 from pipeline.taggers.base import sentiment_of
 
 TRAINING_LABELS = AGENT_TAGS + ("sentiment.negative", "sentiment.positive")

@@ -19,7 +19,7 @@ call. Reviewer verdicts and imported human scores are kept across re-scoring.
 SQLite runs in WAL mode with a busy timeout, so the review app can read and
 write while a scoring run writes; writes take the lock up front (BEGIN
 IMMEDIATE) so two writers queue instead of failing. The schema is created and
-upgraded with Alembic (pipeline/migrations/versions/); opening a store brings
+upgraded with Alembic (pipeline/review/migrations/versions/); opening a store brings
 it to the newest schema version.
 """
 

@@ -7,11 +7,11 @@ optionally call_id, agent_id, team, date, industry, channel_layout (agent_left,
 agent_right or mono) and human scores (`human_total`, `human_<dimension>`). The
 run folder RUN holds everything:
 
-    callqa.db     every scored call (pipeline/store.py): the record of what is done
+    callqa.db     every scored call (pipeline/review/store.py): the record of what is done
     calls/        per-call JSON and HTML
     scores.csv    one row per call of this run
     errors.csv    what failed: path, call_id, stage, message
-    report.html   the weekly report; its figures as report/*.csv (pipeline/weekly.py)
+    report.html   the weekly report; its figures as report/*.csv (pipeline/batch/weekly.py)
     batch.log     what each run did
 
 Each input file goes through the worker stages in `process_item`: read
@@ -51,8 +51,8 @@ from pipeline.model import Call
 from pipeline.readers import ReadError, decode_text
 from pipeline.report import write_call, write_csv
 from pipeline.scoring import Scorer, is_audio
-from pipeline.store import Store, file_sha256
-from pipeline.weekly import read_previous, summarize, write_weekly_report
+from pipeline.review.store import Store, file_sha256
+from pipeline.batch.weekly import read_previous, summarize, write_weekly_report
 
 CALL_FIELDS = ("agent_id", "team", "date", "industry")
 CHANNEL_LAYOUTS = {"mono": None, "agent_left": 0, "agent_right": 1}

@@ -5,7 +5,7 @@ Pages: / (calls, filtered by week, agent, grade, dimension, flag type),
 /rules (per-rule precision from verdicts), /calibration (machine vs human QA).
 The audio of a call is served from /calls/<id>/audio with HTTP range requests
 (seeking in long files), and only from inside the audio roots. Plain HTML, CSS
-and a little JavaScript from pipeline/static; nothing from the internet.
+and a little JavaScript from pipeline/review/static; nothing from the internet.
 
 Listens on 127.0.0.1 unless given another --host; on a loopback address it also
 refuses requests whose Host header names another machine (DNS rebinding), and
@@ -29,12 +29,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipeline.config import config_path
 from pipeline.model import Call, Scores
-from pipeline.privacy import load_privacy
+from pipeline.review.privacy import load_privacy
 from pipeline.report import EVENT_KINDS, ROLE_LABELS, clock, highlight
-from pipeline.review import (ADDABLE_LABELS, TRAINING_LABELS, added_key, calibration, export_corrections, flags_of,
+from pipeline.review.verdicts import (ADDABLE_LABELS, TRAINING_LABELS, added_key, calibration, export_corrections, flags_of,
                              human_scores, rule_precision)
 from pipeline.scorecard import load_scorecard
-from pipeline.store import REJECT_REASONS, Store, StoreError
+from pipeline.review.store import REJECT_REASONS, Store, StoreError
 
 PACKAGE = Path(__file__).resolve().parent
 AUDIO_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".flac": "audio/flac", ".ogg": "audio/ogg",
