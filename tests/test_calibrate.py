@@ -215,6 +215,9 @@ def test_calibrate_moves_points_toward_the_scorecard_the_reviewers_used(tmp_path
     bounded = {r.id: r.points for r in load_scorecard(out).rules}
     assert bounded["expression.polite"] == 12 and bounded["listening.interruption"] == 15
     assert 7.5 <= bounded["listening.confirmation"] < 15
+    start_path.write_text(start_path.read_text(encoding="utf-8").replace("[10, 12]", "[12, 10]"), encoding="utf-8")
+    assert main(["calibrate", "--store", db, "--config", str(config), "--out", str(out)]) == 2
+    assert "start.yaml: calibration, line 48: rules: expression.polite: expected [min, max]" in capsys.readouterr().err
 
 
 def test_calibrate_refuses_what_it_cannot_fit(tmp_path, capsys):

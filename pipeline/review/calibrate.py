@@ -118,21 +118,27 @@ def load_settings(config: dict, path: Path, scorecard: Scorecard, document) -> S
     block = document.get("calibration") if hasattr(document, "get") else None
     if block is None:
         return settings
-    where = f"{path}: calibration, line {block.lc.line + 1}" if hasattr(block, "lc") else f"{path}: calibration"
-    if not hasattr(block, "get"):
-        raise CalibrationError(f"{where}: expected a mapping with factor, weight and/or rules")
+
+    def where(mapping, key) -> str:
+        return f"{path}: calibration, line {mapping.lc.key(key)[0] + 1}"
+
+    if not hasattr(block, "items"):
+        raise CalibrationError(f"{where(document, 'calibration')}: expected a mapping with factor, weight and/or rules")
     unknown = [k for k in block if k not in ("factor", "weight", "rules")]
     if unknown:
-        raise CalibrationError(f"{where}: unknown key {unknown[0]!r}; use factor, weight, rules")
+        raise CalibrationError(f"{where(block, unknown[0])}: unknown key {unknown[0]!r}; use factor, weight, rules")
     if "factor" in block:
-        settings.factor = _pair(block["factor"], f"{where}: factor")
+        settings.factor = _pair(block["factor"], f"{where(block, 'factor')}: factor")
     if "weight" in block:
-        settings.weight = _pair(block["weight"], f"{where}: weight", 1.0)
+        settings.weight = _pair(block["weight"], f"{where(block, 'weight')}: weight", 1.0)
     ids = {r.id for r in scorecard.rules}
-    for rule_id, bounds in (block.get("rules") or {}).items():
+    per_rule = block.get("rules") or {}
+    if not hasattr(per_rule, "items"):
+        raise CalibrationError(f"{where(block, 'rules')}: rules: expected a mapping of rule id to [min, max] points")
+    for rule_id, bounds in per_rule.items():
         if rule_id not in ids:
-            raise CalibrationError(f"{where}: rules: no rule {rule_id!r} in the scorecard")
-        settings.rule_points[rule_id] = _pair(bounds, f"{where}: rules: {rule_id}")
+            raise CalibrationError(f"{where(per_rule, rule_id)}: rules: no rule {rule_id!r} in the scorecard")
+        settings.rule_points[rule_id] = _pair(bounds, f"{where(per_rule, rule_id)}: rules: {rule_id}")
     return settings
 
 
@@ -382,7 +388,7 @@ class _Fitter:
 
     def __init__(self, scorecard: Scorecard, text: str, document, settings: Settings, targets: list[str],
                  scores: list[Scores], human: np.ndarray):
-        self.scorecard, self.text, self.document, self.targets = scorecard, text, document, targets
+        self.scorecard, self.text, self.document = scorecard, text, document
         # The total moves with every dimension; a dimension target only with its own rules.
         fitted_dims = set(scorecard.dimensions) if TOTAL in targets else set(targets)
         self.rules = [r for r in scorecard.rules
@@ -491,7 +497,7 @@ def _figure(value: float | None, digits: int = 2) -> str:
 
 def _header(day: dt.date, path: Path, store: Store, calls: int, targets: list[str], folds: int,
             agreements: list[Agreement]) -> list[str]:
-    lines = [f"calibrated by `callqa calibrate` on {day:%Y-%m-%d} from {path.name}, fitted to the human "
+    lines = [f"by `callqa calibrate` on {day:%Y-%m-%d} from {path.name}, fitted to the human "
              f"{', '.join(targets)} scores of {calls} calls in {store.url.rsplit('/', 1)[-1]}.",
              f"Agreement with the human scores on held-out calls ({folds}-fold cross-validation), before -> after:"]
     for a in agreements:
