@@ -6,6 +6,7 @@
     callqa clips --out DIR [--store DB] [--week W --agent A --grade G --dimension D --flag F]
     callqa corrections --out DIR [--store DB]
     callqa human-scores QA.csv [--store DB]
+    callqa calibrate --out NEW_SCORECARD.yaml [--store DB] [--target total|DIMENSION] [--folds 5]
 
 Scores every transcript found (folders are searched recursively) and writes
 DIR/calls/<id>.json and .html, DIR/scores.csv, DIR/agents.csv (when agent ids
@@ -215,6 +216,28 @@ def human_scores_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate_command(args: argparse.Namespace) -> int:
+    from pipeline.config import config_path
+    from pipeline.review.calibrate import CalibrationError, calibrate, report
+
+    try:
+        config = load_config(args.config)
+        store = _open_store(args)
+        source = Path(args.scorecard) if args.scorecard else config_path(config, config["scorecard"])
+        result = calibrate(store, source, config, targets=args.target, folds=args.folds)
+    except (ConfigError, StoreError, CalibrationError) as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
+    print(report(result))
+    try:
+        Path(args.out).write_text(result.text, encoding="utf-8")
+    except OSError as err:
+        print(f"callqa: {args.out}: cannot write the calibrated scorecard: {err}", file=sys.stderr)
+        return 2
+    print(f"calibrated scorecard written to {args.out} (from {source}; diff them to review)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callqa", description="Quality scoring for Chinese call-center calls.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     human = with_store("human-scores", "import human QA scores (CSV) for the calibration view")
     human.add_argument("csv", help="CSV with call_id and total and/or dimension columns (listening or 倾听 ...)")
     human.set_defaults(run=human_scores_command)
+
+    calib = with_store("calibrate", "fit scorecard points and weights to the imported human QA scores")
+    calib.add_argument("--out", required=True, help="where to write the calibrated scorecard YAML")
+    calib.add_argument("--scorecard", help="scorecard to calibrate (default: the config's scorecard)")
+    calib.add_argument("--target", action="append", help="fit to this human score only: total or a dimension "
+                       "(repeatable; default: every score the sheet has)")
+    calib.add_argument("--folds", type=int, help="cross-validation folds (default: calibration.folds, 5)")
+    calib.set_defaults(run=calibrate_command)
 
     batch = commands.add_parser("batch", help="score a week of calls into a run folder; resumable")
     batch.add_argument("input", help="folder of transcripts/recordings, or a manifest CSV with a path column")
