@@ -321,9 +321,10 @@ def _read_csv(text: str, path: Path, roles: RoleMap) -> list[Call]:
     columns = {key: next((header[a] for a in aliases if a in header), None)
                for key, aliases in _CSV_ALIASES.items()}
     if columns["role"] is None or columns["text"] is None:
-        shown = list(header)[:_SHOWN_COLUMNS] + (["…"] if len(header) > _SHOWN_COLUMNS else [])
+        names = rows.fieldnames or []
+        shown = names[:_SHOWN_COLUMNS] + (["…"] if len(names) > _SHOWN_COLUMNS else [])
         raise ReadError(f"{path}: CSV needs a role (or speaker) column and a text column; "
-                        f"found {len(header):,} column(s): {', '.join(shown)}")
+                        f"found {len(names):,} column(s): {', '.join(shown)}")
     calls: dict[str, list[Turn]] = {}
     for lineno, row in _csv_rows(rows, path):
         where = f"{path}:{lineno}"

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -208,6 +209,27 @@ def read_manifest(path: Path) -> tuple[list[Item], list[ErrorRow]]:
     return items, errors
 
 
+def _manifest_item(row: dict[str, str], base: Path, where: str) -> Item:
+    if not row.get("path"):
+        raise BatchError(f"{where}: the path is empty")
+    layout = row.get("channel_layout", "").lower()
+    if layout not in ("", *CHANNEL_LAYOUTS):
+        raise BatchError(f"{where}: channel_layout {layout!r} is not one of {', '.join(CHANNEL_LAYOUTS)}")
+    human = {}
+    for key, value in row.items():
+        if key.startswith("human_") and value:
+            try:
+                score = float(value)
+            except ValueError:
+                score = math.nan
+            if not math.isfinite(score):
+                raise BatchError(f"{where}: {key} {value!r} is not a number")
+            human[key.removeprefix("human_")] = score
+    return Item(path=str(base / row["path"]), call_id=row.get("call_id") or None,
+                fields={k: row[k] for k in CALL_FIELDS if row.get(k)}, human_scores=human,
+                agent_channel=CHANNEL_LAYOUTS.get(layout))
+
+
 def read_metadata(path: Path) -> dict[str, dict[str, str]]:
     """call_id -> {agent_id, team, date, industry} from `callqa score --meta`."""
     return {row["call_id"]: {k: row[k] for k in CALL_FIELDS if row.get(k)}
@@ -312,19 +334,19 @@ def run_inline(items: Iterable[Item], stages: Stages) -> Iterator[Outcome]:
         yield process_item(item, stages)
 
 
-def _start_worker(config_path: str | None, threads: int) -> None:
+def _start_worker(config_path: str | None, threads: int, driver: int) -> None:
     global _worker_stages
-    _exit_with_parent()
+    _exit_with_driver(driver)
     _worker_stages = Stages(config_path, threads)
 
 
-def _exit_with_parent() -> None:
+def _exit_with_driver(driver: int) -> None:
     """A worker ends when the driver does, however it ends (kill -9 included): an
-    orphaned worker would otherwise hold its models' memory, or go on with its file."""
-    parent = os.getppid()
+    orphaned worker would otherwise hold its models' memory, or go on with its file.
+    The driver's pid comes from the driver: it may be gone before this runs."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == driver:
             time.sleep(PARENT_CHECK_S)
         os._exit(1)
 
@@ -406,7 +428,7 @@ def _new_pool(workers: int, config_path: str | None, threads: int) -> ProcessPoo
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     # spawn, not fork: a fork of a process running threads (tqdm, SQLite) can deadlock.
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                               initargs=(config_path, threads))
+                               initargs=(config_path, threads, os.getpid()))
 
 
 class RayWorker:
@@ -640,6 +662,15 @@ def _score_items(recorder: "_Recorder", items: list[Item], engine_run, desc: str
     bar.close()
 
 
+def _reportable(call: Call):
+    """The call's summary for the report and scores.csv; scores that are not finite
+    numbers would break every average and chart, so the call fails alone instead."""
+    summary = summarize(call)
+    if not all(math.isfinite(score) for score in (summary.total, *summary.dimensions.values()) if score is not None):
+        raise ValueError(f"call {call.id!r}: its scores are not finite numbers ({summary.total})")
+    return summary
+
+
 def printable(text: str) -> str:
     """Text safe to print on a terminal: control and format characters (escape
     sequences in a file name, bidi overrides) are shown escaped, not obeyed."""
@@ -705,12 +736,12 @@ class _Recorder:
 
     def _skip(self, call_id: str, item: Item) -> None:
         call = self.store.get_call(call_id)
-        self._remember(call, item, summarize(call))
+        self._remember(call, item, _reportable(call))
         self.summary.skipped += 1
         log.info("skipped %s (%s): already scored", printable(call_id), printable(item.path))
 
     def _write(self, call: Call, item: Item) -> None:
-        reported = summarize(call)  # first: a call the report cannot read is not written either
+        reported = _reportable(call)  # first: a call the report cannot read is not written either
         start = time.perf_counter()
         write_call(call, self.out_dir)
         self._add_time("write", time.perf_counter() - start)
