@@ -14,11 +14,13 @@ are known) and DIR/errors.csv, and saves every call in the results store
 The other commands work on that store: the review web app, flagged clips for a
 review session, reviewer corrections as training data, human QA scores to
 calibrate against. A file that cannot be read gets one error line
-and the batch carries on; the exit code is non-zero only when nothing could be
+and the run carries on; the exit code is non-zero only when nothing could be
 scored.
 
 `callqa batch` is the weekly job: resumable, parallel, with a report for QA
 leads; see pipeline/batch/runner.py. Its exit code is 1 when any file or call failed.
+`callqa score` is a thin front on the same runner (`run_score`): one reader, one
+set of checks and limits, one fault boundary per call, and the same resume rule.
 """
 
 from __future__ import annotations
