@@ -134,6 +134,7 @@ def _check_error_rows(out: Path, expected: dict[str, str]) -> None:
     assert "awkward_4.json" in by_file["zz_same_id_again.json"]  # both files named
 
 
+@pytest.mark.slow
 def test_score_gives_one_error_row_per_bad_file_and_goes_on(tmp_path, lexicon_config, capfd):
     inputs = tmp_path / "in"
     expected, good = write_bad_inputs(inputs), write_good_inputs(inputs)
@@ -154,6 +155,7 @@ def test_score_gives_one_error_row_per_bad_file_and_goes_on(tmp_path, lexicon_co
     assert len(_scores(out)) == len(good)
 
 
+@pytest.mark.slow
 def test_batch_over_good_and_bad_files_then_a_rerun_with_nothing_new(tmp_path, lexicon_config):
     inputs = tmp_path / "in"
     expected, good = write_bad_inputs(inputs), write_good_inputs(inputs)
@@ -199,6 +201,7 @@ def test_csv_cells_never_run_as_formulas(tmp_path, lexicon_config):
     assert (tmp_path / "numbers.csv").read_text(encoding="utf-8-sig").splitlines()[1] == "-3.5,-2,-1e3"
 
 
+@pytest.mark.slow
 def test_duplicate_manifest_rows_are_counted_once_and_reported(tmp_path, lexicon_config):
     manifest = tmp_path / "week.csv"
     good = SAMPLES / "bank_good_01.json"
@@ -243,6 +246,7 @@ def test_output_folder_rules(tmp_path, lexicon_config, capsys):
     assert "cannot create the results store" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path, lexicon_config, capsys):
     inputs = tmp_path / "in"
     write_good_inputs(inputs)
