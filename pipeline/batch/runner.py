@@ -22,6 +22,11 @@ first, then the call in the store in one transaction. A call already in the stor
 with the same input hash and the same config and model versions is skipped, so a
 run killed at any moment and started again finishes the rest, and each call is
 scored once.
+
+Everything a call goes through, from reading to its files and store row, is one
+fault boundary: a failure anywhere is an error row and the next call goes on.
+`callqa score` is `run_score`: the same items, checks, stages and recorder, run
+in one process. A run holds RUN with a file lock, so two runs never share it.
 """
 
 from __future__ import annotations
