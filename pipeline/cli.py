@@ -15,102 +15,52 @@ are known) and DIR/errors.csv, and saves every call in the results store
 The other commands work on that store: the review web app, flagged clips for a
 review session, reviewer corrections as training data, human QA scores to
 calibrate against. A file that cannot be read gets one error line
-and the batch carries on; the exit code is non-zero only when nothing could be
+and the run carries on; the exit code is non-zero only when nothing could be
 scored.
 
 `callqa batch` is the weekly job: resumable, parallel, with a report for QA
 leads; see pipeline/batch/runner.py. Its exit code is 1 when any file or call failed.
+`callqa score` is a thin front on the same runner (`run_score`): one reader, one
+set of checks and limits, one fault boundary per call, and the same resume rule.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.config import ConfigError, load_config
-from pipeline.model import Call
-from pipeline.readers import TRANSCRIPT_SUFFIXES, ReadError, decode_text
-from pipeline.report import write_agent_summary, write_batch_csv, write_call, write_csv
+from pipeline.readers import ReadError
 from pipeline.scorecard import ScorecardError
-from pipeline.scoring import AUDIO_SUFFIXES, Scorer
-from pipeline.review.store import Store, StoreError, file_sha256
+from pipeline.review.store import Store, StoreError
 from pipeline.taggers.lexicon import LexiconError
 
 
-def find_inputs(paths: list[str]) -> list[Path]:
-    found = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in TRANSCRIPT_SUFFIXES + AUDIO_SUFFIXES
-                            and not p.name.startswith("."))
-        else:
-            found.append(path)  # a missing file is reported by the reader, per file
-    return found
-
-
-def read_metadata(path: Path) -> dict[str, dict[str, str]]:
-    """call_id -> {agent_id, team, date, ...} from a metadata CSV."""
-    text = decode_text(path.read_bytes(), path)
-    rows = list(csv.DictReader(text.splitlines()))
-    if not rows or "call_id" not in rows[0]:
-        raise ReadError(f"{path}: metadata CSV needs a call_id column")
-    return {row["call_id"]: row for row in rows}
-
-
-def _apply_metadata(call: Call, meta: dict[str, dict[str, str]]) -> None:
-    row = meta.get(call.id)
-    if row:
-        for field in ("agent_id", "team", "date", "industry"):
-            if row.get(field):
-                setattr(call, field, row[field])
-
-
 def score_command(args: argparse.Namespace) -> int:
+    """A thin front on the batch's reader, checks and fault boundary (`run_score`)."""
+    from pipeline.batch.runner import BatchError, printable, run_score
+
     try:
-        scorer = Scorer(load_config(args.config))
-        meta = read_metadata(Path(args.meta)) if args.meta else {}
-        out = Path(args.out)
-        store = Store(args.store or out / "callqa.db")
-    except (ConfigError, ScorecardError, LexiconError, ReadError, StoreError) as err:
-        print(f"callqa: {err}", file=sys.stderr)
+        summary = run_score(args.paths, args.out, store=args.store, metadata=args.meta,
+                            agent_channel=args.agent_channel, config_path=args.config, progress=not args.quiet)
+    except (BatchError, ConfigError, ScorecardError, LexiconError, StoreError) as err:
+        print(f"callqa: {printable(str(err))}", file=sys.stderr)
         return 2
-    inputs = find_inputs(args.paths)
-    if not inputs:
+    if not summary.files:
         print("callqa: no transcripts (.json .txt .csv) or recordings (.wav .mp3 ...) found in the given paths",
               file=sys.stderr)
         return 1
-    scored: list[Call] = []
-    errors: list[tuple[str, str]] = []
-    for path in tqdm(inputs, desc="scoring", unit="file", disable=args.quiet or len(inputs) < 2):
-        try:
-            calls = scorer.read(path, args.agent_channel)
-        except ValueError as err:  # every input problem (ReadError, AudioError) is a ValueError
-            errors.append((str(path), str(err)))
-            tqdm.write(f"error: {err}", file=sys.stderr)
-            continue
-        for call in calls:
-            _apply_metadata(call, meta)
-            scorer.score(call)
-            write_call(call, out)
-            store.save_call(call, file_sha256(path), scorer.config_version)
-            scored.append(call)
-    write_batch_csv(scored, out / "scores.csv")
-    has_agents = write_agent_summary(scored, out / "agents.csv")
-    write_csv(out / "errors.csv", ["file", "error"], [{"file": p, "error": m} for p, m in errors])
-    print(f"scored {len(scored)} call(s) from {len(inputs) - len(errors)} file(s); "
-          f"{len(errors)} file(s) failed. Results in {out}/ (scores.csv"
-          f"{', agents.csv' if has_agents else ''}, calls/*.json, calls/*.html); store {store.url}")
-    return 0 if scored else 1
+    out = Path(args.out)
+    skipped = f", {summary.skipped} already scored (same input and settings)" if summary.skipped else ""
+    print(f"scored {summary.scored} call(s){skipped}; {summary.failed} error row(s) in {out}/errors.csv. "
+          f"Results in {out}/ (scores.csv{', agents.csv' if (out / 'agents.csv').exists() else ''}, "
+          f"calls/*.json, calls/*.html); store {args.store or out / 'callqa.db'}")
+    return 0 if summary.scored or summary.skipped else 1
 
 
 def batch_command(args: argparse.Namespace) -> int:
-    from pipeline.batch.runner import BatchError, run_batch
+    from pipeline.batch.runner import BatchError, printable, run_batch
     from pipeline.batch.weekly import PreviousRunError
 
     try:
@@ -118,7 +68,7 @@ def batch_command(args: argparse.Namespace) -> int:
                             ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
                             previous=args.previous, config_path=args.config, progress=not args.quiet)
     except (BatchError, PreviousRunError, ConfigError, ScorecardError, LexiconError, StoreError) as err:
-        print(f"callqa: {err}", file=sys.stderr)
+        print(f"callqa: {printable(str(err))}", file=sys.stderr)
         return 2
     stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in summary.stage_seconds.items())
     print(f"{summary.scored} scored, {summary.skipped} skipped (already scored), {summary.failed} failed "
@@ -150,7 +100,8 @@ def review_command(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         print(f"callqa: warning: listening on {args.host}; anyone who can reach this machine can "
               "read the calls and record verdicts", file=sys.stderr)
-    print(f"callqa review: http://{args.host}:{args.port}/ (store {store.url}; audio from "
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(f"callqa review: http://{host}:{args.port}/ (store {store.url}; audio from "
           f"{', '.join(map(str, roots))})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -238,6 +189,16 @@ def calibrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callqa", description="Quality scoring for Chinese call-center calls.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -297,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="score a week of calls into a run folder; resumable")
     batch.add_argument("input", help="folder of transcripts/recordings, or a manifest CSV with a path column")
     batch.add_argument("--out", required=True, help="run folder: store, per-call files, CSVs, report, log")
-    batch.add_argument("--workers", type=int, help="parallel workers (default: one per core, "
+    batch.add_argument("--workers", type=_positive_int, help="parallel workers (default: one per core, "
                        "fewer for audio when memory is short; with --ray-address: the cluster's CPUs)")
     batch.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local process pool, or Ray actors (pip install ray)")

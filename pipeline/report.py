@@ -7,8 +7,10 @@ interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
+import re
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -25,6 +27,12 @@ GOOD_TAGS = {"empathy", "confirmation", "polite", "apology", "proactive", "commi
 ROLE_LABELS = {"agent": "坐席", "customer": "客户", "unknown": "?"}
 EVENT_KINDS = ("interruption", "customer_overlap", "silence")
 
+MAX_NAME_CHARS = 100  # file names stay well under the file system's 255 bytes, CJK included
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection"); numbers such
+# as -3.5 are left as they are.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
 templates = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape())
 
 
@@ -36,7 +44,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def safe_name(call_id: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id) or "call"
+    """A file name for a call id (or a tag label) that is unique and safe: an id that had
+    to be changed (`team/1`, `..`, `.hidden`, very long) also gets a short hash of the
+    id, so `team/1` and `team_1` never write over each other."""
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id)
+    if name == call_id and not name.startswith(".") and 0 < len(name) <= MAX_NAME_CHARS:
+        return name
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{name.lstrip('.')[:MAX_NAME_CHARS - 9] or 'call'}_{digest}"
 
 
 # --- per call ---------------------------------------------------------------
@@ -131,11 +146,18 @@ def batch_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
     return header, rows
 
 
+def _csv_cell(value: object) -> object:
+    """A cell that a spreadsheet shows as text, never runs: a leading quote before =, +, -, @, tab or CR."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def _csv_text(header: list[str], rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=header)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: _csv_cell(value) for key, value in row.items()} for row in rows)
     # BOM so that Excel, which QA teams open these in, reads the Chinese correctly.
     return "\ufeff" + buffer.getvalue()
 

@@ -18,7 +18,7 @@ from pipeline import __version__
 from pipeline.config import config_path, load_config
 from pipeline.events import detect_events
 from pipeline.model import Call
-from pipeline.readers import ReadError, RoleMap, read_calls
+from pipeline.readers import Limits, ReadError, RoleMap, check_call, read_calls
 from pipeline.scorecard import Scorecard, load_scorecard, score_call
 from pipeline.taggers import Tagger, load_tagger, tag_call
 
@@ -57,6 +57,7 @@ class Scorer:
         self.scorecard = scorecard or load_scorecard(config_path(self.config, self.config["scorecard"]))
         self.tagger = tagger or load_tagger(self.config)
         self.roles = RoleMap(self.config["roles"])
+        self.limits = Limits.from_config(self.config)
         pattern = self.config.get("agent_id_from_filename")
         self.agent_pattern = re.compile(pattern) if pattern else None
         self.config_version = config_version(self.config)
@@ -84,8 +85,14 @@ class Scorer:
         return transcribe_file(path, config, self._recognizer, agent_channel=agent_channel)
 
     def read(self, path: str | Path, agent_channel: int | None = None) -> list[Call]:
-        """The calls in one file: a recording is transcribed, a transcript is read."""
-        calls = [self.transcribe(path, agent_channel)] if is_audio(path) else read_calls(path, self.roles)
+        """The calls in one file: a recording is transcribed, a transcript is read.
+        Either way each call is checked (`readers.check_call`): a recording in which
+        nothing was recognised is an error, never a call that scores well for saying nothing."""
+        if is_audio(path):
+            calls = [self.transcribe(path, agent_channel)]
+            check_call(calls[0], path, self.limits)
+        else:
+            calls = read_calls(path, self.roles, self.limits)
         for call in calls:
             if call.agent_id is None and self.agent_pattern is not None:
                 match = self.agent_pattern.search(Path(path).name)
