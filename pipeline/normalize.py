@@ -50,6 +50,11 @@ def normalize_text(text: str) -> str:
     return _PUNCT_RUN.sub(r"\1", text)
 
 
+def spoken_text(text: str) -> str:
+    """The text with punctuation and spaces removed: what is actually said."""
+    return _PUNCTUATION.sub("", text)
+
+
 def count_spoken_chars(text: str) -> int:
-    """Characters that are spoken (punctuation and spaces removed): the unit of 字/分钟."""
-    return len(_PUNCTUATION.sub("", text))
+    """Characters that are spoken: the unit of 字/分钟."""
+    return len(spoken_text(text))
