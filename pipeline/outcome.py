@@ -5,9 +5,11 @@ Read from the customer's turns after tagging (configs/outcome.yaml):
   customer's first and last turns, and whether they ended calmer or angrier;
 - resolution, from the customer's last turns: a complaint threat, "still not
   solved", or thanks / "solved";
-- the customer repeating themselves, correcting the agent or asking to be let
-  finish: phrase lists, plus a customer turn that says much the same as one of
-  their own turns before the agent's last reply (character-bigram overlap).
+- what the customer says back: repeating themselves, correcting the agent,
+  asking to be let finish, checking anyone is listening, not following the
+  explanation (phrase lists); a customer turn that says much the same as one of
+  their own turns before the agent's last reply (character-bigram overlap); an
+  agent's check ("…，对吧？") answered without a yes.
 
 Every signal keeps its turns, so the report can show what it rests on and a
 scorecard rule can use it as a condition ({outcome: customer_repeat}).
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.model import Call, Outcome, OutcomeSignal, Turn
-from pipeline.normalize import spoken_text
+from pipeline.normalize import overlap, spoken_text
 
 SENTIMENT_RANK = {"negative": 0, "neutral": 1, "positive": 2}
 # Checked in this order on the customer's last turns: the first that is said decides.
@@ -60,21 +62,11 @@ def load_outcome_config(path: str) -> dict:
             "similarity": float(again["similarity"]),
             "min_chars": int(again["min_chars"]),
             "look_back": int(again["look_back"]),
-            "confirming": compiled("said_again.confirming", [again["confirming"]]),
+            "confirming": compiled("confirming", [data["confirming"]]),
+            "check_question": compiled("check_question", [data["check_question"]]),
         }
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise OutcomeConfigError(f"{path}: missing or malformed setting {err}") from None
-
-
-def bigrams(text: str) -> set[str]:
-    spoken = spoken_text(text)
-    return {spoken[i:i + 2] for i in range(len(spoken) - 1)}
-
-
-def overlap(a: str, b: str) -> float:
-    """Share of the shorter text's character bigrams that the other also has."""
-    x, y = bigrams(a), bigrams(b)
-    return len(x & y) / min(len(x), len(y)) if x and y else 0.0
 
 
 def _signal(kind: str, turns: list[Turn], note: str = "", text: str | None = None) -> OutcomeSignal:
@@ -108,6 +100,18 @@ def _said_again(call: Call, settings: dict) -> list[OutcomeSignal]:
                 found.append(_signal("customer_repeat", [turn], f"says again turn {before.id} ({share:.0%} alike)",
                                      turn.text))
                 break
+    return found
+
+
+def _checks_denied(call: Call, settings: dict) -> list[OutcomeSignal]:
+    """Customer answers to an agent's check ("…，对吧？") that do not start with a yes."""
+    found = []
+    for agent, answer in zip(call.turns, call.turns[1:]):
+        if agent.role == "agent" and answer.role == "customer" \
+                and settings["check_question"].search(agent.text.strip()) \
+                and not settings["confirming"].search(answer.text):
+            found.append(_signal("customer_correction", [answer], f"no yes to the check in turn {agent.id}",
+                                 answer.text))
     return found
 
 
@@ -148,7 +152,7 @@ def detect_outcome(call: Call, settings: dict) -> Call:
     ending_ids = {t.id for t in ending}
     outcome.signals += [s for s in _phrases(customer, "complaint", settings["resolution"]["complaint"])
                         if s.turn_ids[0] not in ending_ids]
-    reactions = _said_again(call, settings)
+    reactions = _said_again(call, settings) + _checks_denied(call, settings)
     for kind, pattern in settings["reactions"].items():
         reactions += _phrases(customer, kind, pattern)
     outcome.customer_repeats = len({s.turn_ids[0] for s in reactions if s.kind in settings["repeat_kinds"]})

@@ -10,6 +10,11 @@ Primary keys
                                    resolved, unresolved, complaint, calmer, angrier,
                                    customer_repeat, customer_correction, customer_cut_off
   event: interruption              timing events (from pipeline.events)
+  restates: {share: 0.5, min_shared: 4}
+                                   turns that take up what the other party said
+                                   since this speaker's last turn: at least `share`
+                                   of the turn's character bigrams, and `min_shared`
+                                   of them (restating or paraphrasing a need)
   phrase: 这是规定 | [..]          literal text in a turn
   regex: '规定.{0,4}这样'          a regular expression, with optional
     exclude: '可以帮您'            a pattern that must not occur in the same turn
@@ -44,7 +49,7 @@ import re
 from dataclasses import dataclass, field
 
 from pipeline.model import Call, Turn
-from pipeline.normalize import count_spoken_chars, normalize_text
+from pipeline.normalize import bigrams, count_spoken_chars, normalize_text
 
 
 class RuleError(ValueError):
@@ -85,7 +90,7 @@ def turn_hit(turn: Turn, start: int | None = None, end: int | None = None) -> Hi
 
 # --- parsing ----------------------------------------------------------------
 
-PRIMARY_KEYS = ("tag", "event", "outcome", "phrase", "regex", "any", "all", "none", "at_least")
+PRIMARY_KEYS = ("tag", "event", "outcome", "restates", "phrase", "regex", "any", "all", "none", "at_least")
 MODIFIER_KEYS = ("role", "first_turns", "last_turns", "first_seconds", "last_seconds",
                  "min_value", "max_value", "min_confidence", "near", "not_near", "within_chars",
                  "after", "not_after", "followed_by", "not_followed_by", "within_turns",
@@ -117,6 +122,10 @@ def parse_condition(node, where: str) -> "Condition":
         base: Condition = TagCondition(_strings(value, here, "tag"), _number(node, "min_confidence", here, 0.0))
     elif kind == "outcome":
         base = OutcomeCondition(_strings(value, here, "outcome"))
+    elif kind == "restates":
+        if not isinstance(value, dict) or set(value) != {"share", "min_shared"}:
+            raise RuleError(f"{here}: `restates` needs {{share: 0..1, min_shared: N}}, got {value!r}")
+        base = Restates(_number(value, "share", here), _number(value, "min_shared", here))
     elif kind == "event":
         base = EventCondition(_strings(value, here, "event"), node.get("min_value"), node.get("max_value"))
     elif kind == "phrase":
@@ -250,6 +259,25 @@ class EventCondition(Condition):
             quoted = " / ".join(ctx.turns[t].text for t in e.turn_ids if t in ctx.turns)
             found.append(Hit(tuple(e.turn_ids), e.role, e.start, e.end,
                              f"{e.detail} ({e.kind} = {e.value})" + (f": {quoted}" if quoted else "")))
+        return found
+
+
+@dataclass
+class Restates(Condition):
+    share: float
+    min_shared: float
+
+    def hits(self, ctx):
+        found, heard = [], {}  # role -> bigrams the other party said since that role last spoke
+        for turn in ctx.call.turns:
+            own = bigrams(turn.text)
+            shared = own & heard.get(turn.role, set())
+            if own and len(shared) >= self.min_shared and len(shared) >= self.share * len(own):
+                found.append(turn_hit(turn))
+            heard[turn.role] = set()
+            for role in ("agent", "customer"):
+                if role != turn.role:
+                    heard[role] = heard.get(role, set()) | own
         return found
 
 
