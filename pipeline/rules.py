@@ -11,9 +11,9 @@ Primary keys
                                    customer_repeat, customer_correction, customer_cut_off
   event: interruption              timing events (from pipeline.events)
   restates: {share: 0.5, min_shared: 4}
-                                   turns that take up what the other party said
+                                   clauses that take up what the other party said
                                    since this speaker's last turn: at least `share`
-                                   of the turn's character bigrams, and `min_shared`
+                                   of the clause's character bigrams, and `min_shared`
                                    of them (restating or paraphrasing a need)
   phrase: 这是规定 | [..]          literal text in a turn
   regex: '规定.{0,4}这样'          a regular expression, with optional
@@ -89,6 +89,8 @@ def turn_hit(turn: Turn, start: int | None = None, end: int | None = None) -> Hi
 
 
 # --- parsing ----------------------------------------------------------------
+
+CLAUSE = re.compile(r"[^，。？！；]+")
 
 PRIMARY_KEYS = ("tag", "event", "outcome", "restates", "phrase", "regex", "any", "all", "none", "at_least")
 MODIFIER_KEYS = ("role", "first_turns", "last_turns", "first_seconds", "last_seconds",
@@ -264,20 +266,25 @@ class EventCondition(Condition):
 
 @dataclass
 class Restates(Condition):
+    """Clauses made mostly of what the other party said since this speaker's last turn."""
+
     share: float
     min_shared: float
 
     def hits(self, ctx):
         found, heard = [], {}  # role -> bigrams the other party said since that role last spoke
         for turn in ctx.call.turns:
-            own = bigrams(turn.text)
-            shared = own & heard.get(turn.role, set())
-            if own and len(shared) >= self.min_shared and len(shared) >= self.share * len(own):
-                found.append(turn_hit(turn))
+            earlier = heard.get(turn.role, set())
+            for clause in CLAUSE.finditer(turn.text):
+                own = bigrams(clause.group(0))
+                shared = own & earlier
+                if own and len(shared) >= self.min_shared and len(shared) >= self.share * len(own):
+                    found.append(turn_hit(turn, clause.start(), clause.end()))
             heard[turn.role] = set()
+            said = bigrams(turn.text)
             for role in ("agent", "customer"):
                 if role != turn.role:
-                    heard[role] = heard.get(role, set()) | own
+                    heard[role] = heard.get(role, set()) | said
         return found
 
 
