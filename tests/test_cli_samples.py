@@ -156,3 +156,18 @@ def test_score_a_recording_end_to_end(tmp_path):
     assert '<audio id="player"' in html and "call_b_stereo_8k_ulaw.wav" in html
     row = next(csv.DictReader(open(out / "scores.csv", encoding="utf-8-sig")))
     assert row["grade"] == call.scores.grade
+
+
+def test_outcome_beside_the_grade(scored):
+    """Every call carries the customer's outcome: in its JSON and HTML report,
+    in scores.csv, and per agent in agents.csv."""
+    out, rows, calls = scored
+    for call_id, call in calls.items():
+        assert call.outcome is not None
+        assert rows[call_id]["outcome_resolution"] == call.outcome.resolution
+        assert int(rows[call_id]["outcome_customer_repeats"]) == call.outcome.customer_repeats
+        html = (out / "calls" / f"{call_id}.html").read_text(encoding="utf-8")
+        assert 'id="outcome"' in html and call.outcome.resolution in html
+    agents = list(csv.DictReader(open(out / "agents.csv", encoding="utf-8-sig")))
+    for a in agents:
+        assert 0.0 <= float(a["share_resolved"]) <= 1.0 and float(a["mean_customer_repeats"]) >= 0
