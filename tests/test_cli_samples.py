@@ -32,17 +32,10 @@ def test_every_sample_gives_json_csv_row_and_html(scored):
         assert calls[call_id].scores.grade in html and "<mark" in html
 
 
-# The default BERT tagger reads the bad bank call's fee-waiver explanation as
-# proactive insight and "我提交一下，审核结果会短信通知您" (no time) as a commitment,
-# so it scores both calls 100 on proactive (models/tagger/MODEL_CARD.md, Limits).
-# Strict: a tagger that separates the pair again must remove this entry.
-DEFAULT_TAGGER_MISSES = {("proactive", "bank_good_01", "bank_bad_perfunctory_01")}
-
-
-@pytest.mark.parametrize("pair", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known miss of the default tagger"))
-    if (p["dimension"], p["good"], p["bad"]) in DEFAULT_TAGGER_MISSES else p
-    for p in EXPECTED["pairs"]], ids=lambda p: f"{p['dimension']}:{p['good']}>{p['bad']}")
+# The graded proactive rules separate bank_good_01 from bank_bad_perfunctory_01 even
+# though the default tagger reads the bad call's fee-waiver explanation as insight
+# (it was a strict xfail before): the good call adds an alternative and a prevention tip.
+@pytest.mark.parametrize("pair", EXPECTED["pairs"], ids=lambda p: f"{p['dimension']}:{p['good']}>{p['bad']}")
 def test_good_call_beats_bad_call_on_its_dimension(scored, pair):
     _, _, calls = scored
     good = calls[pair["good"]].scores.dimensions[pair["dimension"]]
