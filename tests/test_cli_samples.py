@@ -32,9 +32,10 @@ def test_every_sample_gives_json_csv_row_and_html(scored):
         assert calls[call_id].scores.grade in html and "<mark" in html
 
 
-# The graded proactive rules separate bank_good_01 from bank_bad_perfunctory_01 even
-# though the default tagger reads the bad call's fee-waiver explanation as insight
-# (it was a strict xfail before): the good call adds an alternative and a prevention tip.
+# bank_good_01 > bank_bad_perfunctory_01 on proactive was a strict xfail: the default
+# tagger reads the bad call's fee-waiver explanation as insight. The graded proactive
+# rules now separate them: the good call also gives a time and a related need, and the
+# bad call ends with the customer's need left open.
 @pytest.mark.parametrize("pair", EXPECTED["pairs"], ids=lambda p: f"{p['dimension']}:{p['good']}>{p['bad']}")
 def test_good_call_beats_bad_call_on_its_dimension(scored, pair):
     _, _, calls = scored
