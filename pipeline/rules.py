@@ -8,7 +8,8 @@ Primary keys
     min_confidence: 0.8            only tags the tagger is at least this sure of
   outcome: customer_repeat | [..]  customer-outcome signals (pipeline.outcome):
                                    resolved, unresolved, complaint, calmer, angrier,
-                                   customer_repeat, customer_correction, customer_cut_off
+                                   ended_negative, and the reactions in
+                                   configs/outcome.yaml (customer_repeat, ...)
   event: interruption              timing events (from pipeline.events)
   restates: {share: 0.5, min_shared: 4}
                                    clauses that take up what the other party said
