@@ -33,7 +33,7 @@ from pipeline.readers import RoleMap, read_calls
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "calls"
 AUDIO = REPO / "tests" / "data" / "audio"
-STAGES = ("read", "transcribe", "tag", "events", "score", "write", "store")
+STAGES = ("read", "transcribe", "tag", "events", "outcome", "score", "write", "store")
 
 
 def synthetic_calls(folder: Path, count: int, seed: int = 7) -> None:

@@ -13,10 +13,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import load_config
-from pipeline.events import detect_events
-from pipeline.scorecard import score_call
 from pipeline.scoring import Scorer
-from pipeline.taggers import tag_call
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "calls"
 
@@ -65,9 +62,7 @@ def measure(scorer: Scorer, kind: str, repeat: int) -> None:
     print(f"{kind} end to end (read+tag+events+score): {len(calls) / seconds:,.1f} calls/s = "
           f"{len(calls) / seconds * 3600:,.0f} calls/hour ({len(calls)} calls, "
           f"{len(texts) / len(calls):.0f} turns/call, {cores})")
-    stages = {"tag": lambda c: tag_call(c, scorer.tagger),
-              "events": lambda c: detect_events(c, scorer.config),
-              "score": lambda c: score_call(c, scorer.scorecard)}
+    stages = dict(scorer.stages())  # tag, events, outcome, score: what `callqa score` runs
     per_call_ms = {name: sum(timed(lambda: stage(c), 5) for c in calls) / len(calls) * 1000
                    for name, stage in stages.items()}
     print(f"{kind} per call: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_call_ms.items()))

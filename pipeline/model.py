@@ -1,8 +1,8 @@
 """The one data model that flows through every stage.
 
 A `Call` starts with turns (from a transcript reader or from speech recognition);
-the tagger adds `Tag`s, the event detector adds `Event`s and the scorecard adds
-`Scores`. Everything serialises to JSON and back without loss
+the tagger adds `Tag`s, the event detector adds `Event`s, the outcome stage adds
+the customer's `Outcome` and the scorecard adds `Scores`. Everything serialises to JSON and back without loss
 (`call.to_json()` / `Call.from_json()`).
 
 Times are seconds from the start of the call; `None` where the input had none.
@@ -136,6 +136,28 @@ class Scores(_Model):
     scorecard: str = ""  # name and version of the scorecard used
 
 
+class OutcomeSignal(_Model):
+    """One sign of how the call ended for the customer, with the turns it rests on."""
+
+    kind: str  # resolved | unresolved | complaint | calmer | angrier | customer_repeat | ...
+    turn_ids: list[int]
+    text: str = ""
+    note: str = ""
+
+
+class Outcome(_Model):
+    """The customer's side of the call (pipeline.outcome): how they sounded at the
+    start and at the end, whether the problem ended solved, and how often they
+    had to repeat or correct themselves. Shown beside the grade."""
+
+    start_sentiment: Literal["negative", "neutral", "positive"] | None = None
+    end_sentiment: Literal["negative", "neutral", "positive"] | None = None
+    sentiment_change: Literal["calmer", "same", "angrier"] | None = None
+    resolution: Literal["resolved", "unresolved", "complaint", "unknown"] = "unknown"
+    customer_repeats: int = 0  # turns where the customer repeated, corrected or asked to finish
+    signals: list[OutcomeSignal] = Field(default_factory=list)
+
+
 class AudioInfo(_Model):
     path: str
     sample_rate: int | None = None
@@ -153,6 +175,7 @@ class Call(_Model):
     tags: list[Tag] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     scores: Scores | None = None
+    outcome: Outcome | None = None  # None for calls scored before outcome signals existed
     agent_id: str | None = None
     team: str | None = None
     date: str | None = None

@@ -50,6 +50,23 @@ def normalize_text(text: str) -> str:
     return _PUNCT_RUN.sub(r"\1", text)
 
 
+def spoken_text(text: str) -> str:
+    """The text with punctuation and spaces removed: what is actually said."""
+    return _PUNCTUATION.sub("", text)
+
+
 def count_spoken_chars(text: str) -> int:
-    """Characters that are spoken (punctuation and spaces removed): the unit of 字/分钟."""
-    return len(_PUNCTUATION.sub("", text))
+    """Characters that are spoken: the unit of 字/分钟."""
+    return len(spoken_text(text))
+
+
+def bigrams(text: str) -> set[str]:
+    """The character bigrams of what is said: a cheap measure of shared wording."""
+    said = spoken_text(text)
+    return {said[i:i + 2] for i in range(len(said) - 1)}
+
+
+def overlap(a: str, b: str) -> float:
+    """Share of the shorter text's character bigrams that the other also has."""
+    x, y = bigrams(a), bigrams(b)
+    return len(x & y) / min(len(x), len(y)) if x and y else 0.0

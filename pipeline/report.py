@@ -26,6 +26,9 @@ GOOD_TAGS = {"empathy", "confirmation", "polite", "apology", "proactive", "commi
              "greeting", "closing", "backchannel"}
 ROLE_LABELS = {"agent": "坐席", "customer": "客户", "unknown": "?"}
 EVENT_KINDS = ("interruption", "customer_overlap", "silence")
+# Customer-outcome columns of scores.csv (empty for calls scored before outcome signals).
+OUTCOME_COLUMNS = ("outcome_resolution", "outcome_start_sentiment", "outcome_end_sentiment",
+                   "outcome_sentiment_change", "outcome_customer_repeats")
 
 MAX_NAME_CHARS = 100  # file names stay well under the file system's 255 bytes, CJK included
 # Cells a spreadsheet would run as a formula (OWASP "CSV injection"); numbers such
@@ -123,7 +126,8 @@ def batch_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
     dimensions = list(calls[0].scores.dimensions) if calls else []
     header = (["call_id", "source", "agent_id", "team", "date", "total", "grade", "critical_failed"]
               + dimensions + [f"tag_{t}" for t in AGENT_TAGS]
-              + ["customer_negative_turns"] + [f"event_{k}" for k in EVENT_KINDS] + ["deductions"])
+              + ["customer_negative_turns"] + [f"event_{k}" for k in EVENT_KINDS] + list(OUTCOME_COLUMNS)
+              + ["deductions"])
     rows = []
     for call in calls:
         tags = Counter(t.label for t in call.tags)
@@ -141,6 +145,7 @@ def batch_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
                                              if t.role == "customer" and t.sentiment == "negative")
         for kind in EVENT_KINDS:
             row[f"event_{kind}"] = events.get(kind, 0)
+        row.update(outcome_row(call))
         row["deductions"] = " ".join(f"{rule}×{n}" if n > 1 else rule for rule, n in sorted(_deductions(call).items()))
         rows.append(row)
     return header, rows
@@ -151,6 +156,21 @@ def _csv_cell(value: object) -> object:
     if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
+
+
+def outcome_row(call: Call) -> dict:
+    o = call.outcome
+    if o is None:
+        return dict.fromkeys(OUTCOME_COLUMNS, "")
+    return dict(outcome_resolution=o.resolution, outcome_start_sentiment=o.start_sentiment or "",
+                outcome_end_sentiment=o.end_sentiment or "", outcome_sentiment_change=o.sentiment_change or "",
+                outcome_customer_repeats=o.customer_repeats)
+
+
+def _share(calls: list[Call], test) -> float | str:
+    """Share of the calls with an outcome for which `test(outcome)` holds."""
+    known = [c.outcome for c in calls if c.outcome is not None]
+    return round(sum(1 for o in known if test(o)) / len(known), 2) if known else ""
 
 
 def _csv_text(header: list[str], rows: list[dict]) -> str:
@@ -178,7 +198,9 @@ def agent_summary_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
     dimensions = list(calls[0].scores.dimensions) if calls else []
     grades = sorted({c.scores.grade for c in calls})
     header = (["agent_id", "team", "calls", "mean_total"] + [f"mean_{d}" for d in dimensions]
-              + [f"grade_{g}" for g in grades] + ["top_deductions"])
+              + [f"grade_{g}" for g in grades]
+              + ["share_resolved", "share_complaint", "share_ended_negative", "mean_customer_repeats"]
+              + ["top_deductions"])
     rows = []
     for agent, own in sorted(by_agent.items()):
         row = dict(agent_id=agent, team=own[0].team or "", calls=len(own),
@@ -189,6 +211,11 @@ def agent_summary_rows(calls: list[Call]) -> tuple[list[str], list[dict]]:
         counts = Counter(c.scores.grade for c in own)
         for g in grades:
             row[f"grade_{g}"] = counts.get(g, 0)
+        row["share_resolved"] = _share(own, lambda o: o.resolution == "resolved")
+        row["share_complaint"] = _share(own, lambda o: o.resolution == "complaint")
+        row["share_ended_negative"] = _share(own, lambda o: o.end_sentiment == "negative")
+        repeats = [c.outcome.customer_repeats for c in own if c.outcome is not None]
+        row["mean_customer_repeats"] = round(statistics.fmean(repeats), 2) if repeats else ""
         deductions = sum((_deductions(c) for c in own), Counter())
         row["top_deductions"] = " ".join(f"{rule}:{n / len(own):.2f}/call" for rule, n in deductions.most_common(3))
         rows.append(row)

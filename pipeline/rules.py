@@ -5,7 +5,17 @@ built from one primary key plus optional modifiers.
 
 Primary keys
   tag: rigid | [rigid, vague]      turns carrying a tag (from the tagger)
+    min_confidence: 0.8            only tags the tagger is at least this sure of
+  outcome: customer_repeat | [..]  customer-outcome signals (pipeline.outcome):
+                                   resolved, unresolved, complaint, calmer, angrier,
+                                   ended_negative, and the reactions in
+                                   configs/outcome.yaml (customer_repeat, ...)
   event: interruption              timing events (from pipeline.events)
+  restates: {share: 0.5, min_shared: 4}
+                                   clauses that take up what the other party said
+                                   since this speaker's last turn: at least `share`
+                                   of the clause's character bigrams, and `min_shared`
+                                   of them (restating or paraphrasing a need)
   phrase: 这是规定 | [..]          literal text in a turn
   regex: '规定.{0,4}这样'          a regular expression, with optional
     exclude: '可以帮您'            a pattern that must not occur in the same turn
@@ -24,6 +34,10 @@ Modifiers (any combination)
     within_chars: N                in the same turn within N characters
   after / not_after: cond          keep hits that have / have no hit of `cond`
     within_turns: N                in the same turn or the N turns before
+  followed_by / not_followed_by: cond  keep hits that have / have no hit of `cond`
+    within_turns: N                in the same turn or the N turns after
+                                   (the customer's reaction to what the agent did)
+  max_chars: N                     only hits in turns of at most N spoken characters
   min_count: N                     no hits unless there are at least N
 
 Every hit keeps its turns, role, times and matched text, so a deduction can be
@@ -36,7 +50,7 @@ import re
 from dataclasses import dataclass, field
 
 from pipeline.model import Call, Turn
-from pipeline.normalize import normalize_text
+from pipeline.normalize import bigrams, count_spoken_chars, normalize_text
 
 
 class RuleError(ValueError):
@@ -77,10 +91,13 @@ def turn_hit(turn: Turn, start: int | None = None, end: int | None = None) -> Hi
 
 # --- parsing ----------------------------------------------------------------
 
-PRIMARY_KEYS = ("tag", "event", "phrase", "regex", "any", "all", "none", "at_least")
+CLAUSE = re.compile(r"[^，。？！；]+")
+
+PRIMARY_KEYS = ("tag", "event", "outcome", "restates", "phrase", "regex", "any", "all", "none", "at_least")
 MODIFIER_KEYS = ("role", "first_turns", "last_turns", "first_seconds", "last_seconds",
-                 "min_value", "max_value", "near", "not_near", "within_chars",
-                 "after", "not_after", "within_turns", "min_count", "exclude", "of")
+                 "min_value", "max_value", "min_confidence", "near", "not_near", "within_chars",
+                 "after", "not_after", "followed_by", "not_followed_by", "within_turns",
+                 "max_chars", "min_count", "exclude", "of")
 
 
 def line_of(node) -> str:
@@ -102,8 +119,16 @@ def parse_condition(node, where: str) -> "Condition":
                         f"found {primary or 'none'}")
     kind = primary[0]
     value = node[kind]
+    if "min_confidence" in node and kind != "tag":
+        raise RuleError(f"{here}: `min_confidence` applies to `tag` conditions only")
     if kind == "tag":
-        base: Condition = TagCondition(_strings(value, here, "tag"))
+        base: Condition = TagCondition(_strings(value, here, "tag"), _number(node, "min_confidence", here, 0.0))
+    elif kind == "outcome":
+        base = OutcomeCondition(_strings(value, here, "outcome"))
+    elif kind == "restates":
+        if not isinstance(value, dict) or set(value) != {"share", "min_shared"}:
+            raise RuleError(f"{here}: `restates` needs {{share: 0..1, min_shared: N}}, got {value!r}")
+        base = Restates(_number(value, "share", here), _number(value, "min_shared", here))
     elif kind == "event":
         base = EventCondition(_strings(value, here, "event"), node.get("min_value"), node.get("max_value"))
     elif kind == "phrase":
@@ -170,6 +195,12 @@ def _with_modifiers(base: "Condition", node: dict, here: str) -> "Condition":
         if key in node:
             condition = After(condition, parse_condition(node[key], here), keep,
                               _number(node, "within_turns", here, 2))
+    for key, keep in (("followed_by", True), ("not_followed_by", False)):
+        if key in node:
+            condition = After(condition, parse_condition(node[key], here), keep,
+                              _number(node, "within_turns", here, 2), forward=True)
+    if "max_chars" in node:
+        condition = MaxChars(condition, _number(node, "max_chars", here))
     if "min_count" in node:
         condition = MinCount(condition, _number(node, "min_count", here))
     return condition
@@ -189,11 +220,28 @@ class Condition:
 @dataclass
 class TagCondition(Condition):
     labels: list[str]
+    min_confidence: float
 
     def hits(self, ctx):
         return [Hit((t.turn_id,), ctx.turns[t.turn_id].role, ctx.turns[t.turn_id].start,
                     ctx.turns[t.turn_id].end, t.text, t.char_start, t.char_end)
-                for t in ctx.call.tags if t.label in self.labels]
+                for t in ctx.call.tags if t.label in self.labels and t.confidence >= self.min_confidence]
+
+
+@dataclass
+class OutcomeCondition(Condition):
+    kinds: list[str]
+
+    def hits(self, ctx):
+        if ctx.call.outcome is None:
+            return []
+        found = []
+        for signal in ctx.call.outcome.signals:
+            turns = [ctx.turns[t] for t in signal.turn_ids if t in ctx.turns]
+            if signal.kind in self.kinds and turns:
+                found.append(Hit(tuple(t.id for t in turns), turns[0].role, turns[0].start, turns[-1].end,
+                                 f"{signal.kind}: {signal.text}" + (f" ({signal.note})" if signal.note else "")))
+        return found
 
 
 @dataclass
@@ -214,6 +262,30 @@ class EventCondition(Condition):
             quoted = " / ".join(ctx.turns[t].text for t in e.turn_ids if t in ctx.turns)
             found.append(Hit(tuple(e.turn_ids), e.role, e.start, e.end,
                              f"{e.detail} ({e.kind} = {e.value})" + (f": {quoted}" if quoted else "")))
+        return found
+
+
+@dataclass
+class Restates(Condition):
+    """Clauses made mostly of what the other party said since this speaker's last turn."""
+
+    share: float
+    min_shared: float
+
+    def hits(self, ctx):
+        found, heard = [], {}  # role -> bigrams the other party said since that role last spoke
+        for turn in ctx.call.turns:
+            earlier = heard.get(turn.role, set())
+            for clause in CLAUSE.finditer(turn.text):
+                own = bigrams(clause.group(0))
+                shared = own & earlier
+                if own and len(shared) >= self.min_shared and len(shared) >= self.share * len(own):
+                    found.append(turn_hit(turn, clause.start(), clause.end()))
+            heard[turn.role] = set()
+            said = bigrams(turn.text)
+            for role in ("agent", "customer"):
+                if role != turn.role:
+                    heard[role] = heard.get(role, set()) | said
         return found
 
 
@@ -323,10 +395,14 @@ class Near(Condition):
 
 @dataclass
 class After(Condition):
+    """after: `other` in the same turn or the N turns before; with forward=True
+    (followed_by): in the same turn or the N turns after the hit's last turn."""
+
     inner: Condition
     other: Condition
     keep_if_after: bool
     within_turns: int
+    forward: bool = False
 
     def scope(self, ctx):
         return self.inner.scope(ctx)
@@ -334,11 +410,27 @@ class After(Condition):
     def hits(self, ctx):
         positions = [ctx.position(o) for o in self.other.hits(ctx)]
 
-        def follows(h: Hit) -> bool:
+        def related(h: Hit) -> bool:
+            if self.forward:
+                last = max(ctx.order[t] for t in h.turn_ids) if h.turn_ids else -1
+                return any(last <= q <= last + self.within_turns for q in positions)
             p = ctx.position(h)
             return any(p - self.within_turns <= q <= p for q in positions)
 
-        return [h for h in self.inner.hits(ctx) if follows(h) == self.keep_if_after]
+        return [h for h in self.inner.hits(ctx) if related(h) == self.keep_if_after]
+
+
+@dataclass
+class MaxChars(Condition):
+    inner: Condition
+    n: float
+
+    def scope(self, ctx):
+        return self.inner.scope(ctx)
+
+    def hits(self, ctx):
+        return [h for h in self.inner.hits(ctx)
+                if h.turn_ids and all(count_spoken_chars(ctx.turns[t].text) <= self.n for t in h.turn_ids)]
 
 
 @dataclass

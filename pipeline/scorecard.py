@@ -5,7 +5,9 @@ Rule types
   bonus     add `points` for each hit of `when`
   required  deduct `points` once when `when` has no hit
   response  for each hit of `trigger`, expect a hit of `expect` within the next
-            `within_turns` turns; deduct `points` for each one left unanswered
+            `within_turns` turns, or within the next `within_replies` turns of
+            `replies_by` (agent) not counting turns that match `skip` (a bare
+            嗯/好的 is not a reply); deduct `points` for each one left unanswered
 
 Every rule may have
   max_points    cap on what the rule can deduct or add in one call
@@ -13,6 +15,10 @@ Every rule may have
   unless        condition; with a hit the rule is excepted for this call
   severity      critical: a deduction fails the whole call (grade 不合格, total 0)
 
+A dimension starts at its `base` (default 100). Bonuses lift it toward 100,
+never above; deductions are then taken from that figure. So a violation always
+costs its full points and a bonus never wins them back: two calls that differ
+only by one deduction or one bonus never tie (until 0 or the 100 ceiling).
 A dimension whose rules are all N/A has no score and is left out of the total,
 which is the weighted mean of the dimensions that apply.
 """
@@ -29,7 +35,8 @@ from pipeline.rules import Condition, Context, Hit, RuleError, line_of, parse_co
 
 RULE_TYPES = ("penalty", "bonus", "required", "response")
 RULE_KEYS = ("id", "dimension", "description", "type", "points", "max_points", "per",
-             "when", "trigger", "expect", "within_turns", "applies_when", "unless", "severity")
+             "when", "trigger", "expect", "within_turns", "within_replies", "replies_by", "skip",
+             "applies_when", "unless", "severity")
 
 
 class ScorecardError(ValueError):
@@ -74,6 +81,9 @@ class Rule:
     trigger: Condition | None
     expect: Condition | None
     within_turns: int
+    within_replies: int | None
+    replies_by: str
+    skip: Condition | None
     applies_when: Condition | None
     unless: Condition | None
 
@@ -139,6 +149,12 @@ def _build(data, where: str) -> Scorecard:
         dimensions[name] = Dimension(name, str(spec.get("label", name)), float(spec["weight"]),
                                      float(spec.get("base", 100)))
     grades = _grades(data["grades"], where, data)
+    # `patterns` holds conditions that rules reuse through YAML anchors; each is
+    # checked here so that a mistake is reported at its own line.
+    if not isinstance(data.get("patterns", {}), dict):
+        _fail(where, data, "`patterns` must map names to conditions")
+    for name, node in data.get("patterns", {}).items():
+        parse_condition(node, f"{where}: pattern {name!r}")
     if not isinstance(data["rules"], list) or not data["rules"]:
         _fail(where, data, "`rules` must be a non-empty list")
     rules, seen = [], set()
@@ -197,12 +213,18 @@ def _rule(node, where: str, dimensions: dict[str, Dimension]) -> Rule:
     for key in needed:
         if key not in node:
             _fail(here, node, f"a {kind} rule needs `{key}`")
+    replies = node.get("within_replies")
+    if replies is not None and (isinstance(replies, bool) or not isinstance(replies, int) or replies < 1):
+        _fail(here, node, f"`within_replies` must be a positive whole number, got {replies!r}")
+    replies_by = node.get("replies_by", "agent")
+    if replies_by not in ("agent", "customer"):
+        _fail(here, node, f"`replies_by` must be agent or customer, got {replies_by!r}")
     cond = {k: parse_condition(node[k], here) if k in node else None
-            for k in ("when", "trigger", "expect", "applies_when", "unless")}
+            for k in ("when", "trigger", "expect", "skip", "applies_when", "unless")}
     return Rule(id=str(rid), dimension=node["dimension"], description=str(node.get("description", rid)),
                 type=kind, points=float(points), max_points=None if cap is None else float(cap),
                 per_call=per == "call", severity=severity, within_turns=int(node.get("within_turns", 2)),
-                **cond)
+                within_replies=replies, replies_by=replies_by, **cond)
 
 
 # --- scoring ------------------------------------------------------------------
@@ -237,7 +259,8 @@ def _apply_response(rule: Rule, ctx: Context, result) -> RuleResult:
     triggers = rule.trigger.hits(ctx)
     if not triggers:
         return result("na")
-    answers = [ctx.position(h) for h in rule.expect.hits(ctx)]
+    answers = {ctx.position(h) for h in rule.expect.hits(ctx)}
+    window = _reply_window(rule, ctx)
     unanswered, answered = [], []
     seen_positions = set()
     for trig in sorted(triggers, key=ctx.position):
@@ -245,14 +268,36 @@ def _apply_response(rule: Rule, ctx: Context, result) -> RuleResult:
         if p in seen_positions:  # two hits in one turn are one occasion
             continue
         seen_positions.add(p)
-        if any(p < q <= p + rule.within_turns for q in answers):
+        if answers & window(p):
             answered.append(trig)
         else:
             unanswered.append(trig)
     if not unanswered:
         return result("pass", evidence=[_evidence(h, "answered") for h in answered[:3]])
-    return _deduct(rule, ctx, result,
-                   [(h, f"no answer within {rule.within_turns} turns") for h in unanswered], rule.per_call)
+    wait = (f"{rule.within_replies} {rule.replies_by} replies" if rule.within_replies
+            else f"{rule.within_turns} turns")
+    return _deduct(rule, ctx, result, [(h, f"no answer within {wait}") for h in unanswered], rule.per_call)
+
+
+def _reply_window(rule: Rule, ctx: Context):
+    """position -> the positions where an answer counts: the next `within_turns`
+    turns, or the next `within_replies` turns of `replies_by` that `skip` leaves."""
+    if rule.within_replies is None:
+        return lambda p: set(range(p + 1, p + rule.within_turns + 1))
+    skipped = {ctx.position(h) for h in rule.skip.hits(ctx)} if rule.skip is not None else set()
+    replies = [i for i, t in enumerate(ctx.call.turns) if t.role == rule.replies_by]
+
+    def window(p: int) -> set[int]:
+        # a skipped turn that does answer still counts; it just does not use up a reply
+        found, counted = set(), 0
+        for i in (i for i in replies if i > p):
+            found.add(i)
+            counted += i not in skipped
+            if counted == rule.within_replies:
+                break
+        return found
+
+    return window
 
 
 def _deduct(rule: Rule, ctx: Context, result, hits: list, once: bool) -> RuleResult:
@@ -289,7 +334,8 @@ def score_call(call: Call, scorecard: Scorecard) -> Call:
         applicable = any(r.status != "na" for r in own)
         score = None
         if applicable:
-            score = round(min(100.0, max(0.0, dim.base + sum(r.points for r in own))), 1)
+            lifted = min(100.0, dim.base + sum(r.points for r in own if r.points > 0))
+            score = round(max(0.0, lifted + sum(r.points for r in own if r.points < 0)), 1)
         dimensions[name] = DimensionScore(name=name, label=dim.label, score=score,
                                           applicable=applicable, results=own)
     weighted = [(scorecard.dimensions[n].weight, d.score) for n, d in dimensions.items() if d.applicable]

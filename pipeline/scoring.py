@@ -1,4 +1,4 @@
-"""Running the stages in order: file -> Call -> tags -> events -> scores.
+"""Running the stages in order: file -> Call -> tags -> events -> outcome -> scores.
 
 `Scorer` holds what is expensive to build (the tagger, the scorecard, and the
 speech recogniser once the first recording arrives) so a batch builds it once.
@@ -18,6 +18,7 @@ from pipeline import __version__
 from pipeline.config import config_path, load_config
 from pipeline.events import detect_events
 from pipeline.model import Call
+from pipeline.outcome import detect_outcome, load_outcome_config
 from pipeline.readers import Limits, ReadError, RoleMap, check_call, read_calls
 from pipeline.scorecard import Scorecard, load_scorecard, score_call
 from pipeline.taggers import Tagger, load_tagger, tag_call
@@ -36,7 +37,7 @@ def config_version(config: dict) -> str:
     rescores the calls it would tag differently)."""
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not k.startswith("_")},
                                        sort_keys=True, ensure_ascii=False).encode())
-    files = [config_path(config, config["scorecard"])]
+    files = [config_path(config, config["scorecard"]), config_path(config, config["outcome"])]
     lexicon = config_path(config, config["tagger"]["lexicon_dir"])
     if lexicon.is_dir():
         files += sorted(p for p in lexicon.rglob("*") if p.is_file())
@@ -56,6 +57,7 @@ class Scorer:
         self.config = config if config is not None else load_config()
         self.scorecard = scorecard or load_scorecard(config_path(self.config, self.config["scorecard"]))
         self.tagger = tagger or load_tagger(self.config)
+        self.outcome_settings = load_outcome_config(str(config_path(self.config, self.config["outcome"])))
         self.roles = RoleMap(self.config["roles"])
         self.limits = Limits.from_config(self.config)
         pattern = self.config.get("agent_id_from_filename")
@@ -104,6 +106,7 @@ class Scorer:
         """The scoring stages in order, by name; a batch runs and times them one by one."""
         return [("tag", lambda call: tag_call(call, self.tagger)),
                 ("events", lambda call: detect_events(call, self.config)),
+                ("outcome", lambda call: detect_outcome(call, self.outcome_settings)),
                 ("score", self._apply_scorecard)]
 
     def score(self, call: Call) -> Call:

@@ -32,17 +32,11 @@ def test_every_sample_gives_json_csv_row_and_html(scored):
         assert calls[call_id].scores.grade in html and "<mark" in html
 
 
-# The default BERT tagger reads the bad bank call's fee-waiver explanation as
-# proactive insight and "我提交一下，审核结果会短信通知您" (no time) as a commitment,
-# so it scores both calls 100 on proactive (models/tagger/MODEL_CARD.md, Limits).
-# Strict: a tagger that separates the pair again must remove this entry.
-DEFAULT_TAGGER_MISSES = {("proactive", "bank_good_01", "bank_bad_perfunctory_01")}
-
-
-@pytest.mark.parametrize("pair", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known miss of the default tagger"))
-    if (p["dimension"], p["good"], p["bad"]) in DEFAULT_TAGGER_MISSES else p
-    for p in EXPECTED["pairs"]], ids=lambda p: f"{p['dimension']}:{p['good']}>{p['bad']}")
+# bank_good_01 > bank_bad_perfunctory_01 on proactive was a strict xfail: the default
+# tagger reads the bad call's fee-waiver explanation as insight. The graded proactive
+# rules now separate them: the good call also gives a time and a related need, and the
+# bad call ends with the customer's need left open.
+@pytest.mark.parametrize("pair", EXPECTED["pairs"], ids=lambda p: f"{p['dimension']}:{p['good']}>{p['bad']}")
 def test_good_call_beats_bad_call_on_its_dimension(scored, pair):
     _, _, calls = scored
     good = calls[pair["good"]].scores.dimensions[pair["dimension"]]
@@ -156,3 +150,18 @@ def test_score_a_recording_end_to_end(tmp_path):
     assert '<audio id="player"' in html and "call_b_stereo_8k_ulaw.wav" in html
     row = next(csv.DictReader(open(out / "scores.csv", encoding="utf-8-sig")))
     assert row["grade"] == call.scores.grade
+
+
+def test_outcome_beside_the_grade(scored):
+    """Every call carries the customer's outcome: in its JSON and HTML report,
+    in scores.csv, and per agent in agents.csv."""
+    out, rows, calls = scored
+    for call_id, call in calls.items():
+        assert call.outcome is not None
+        assert rows[call_id]["outcome_resolution"] == call.outcome.resolution
+        assert int(rows[call_id]["outcome_customer_repeats"]) == call.outcome.customer_repeats
+        html = (out / "calls" / f"{call_id}.html").read_text(encoding="utf-8")
+        assert 'id="outcome"' in html and call.outcome.resolution in html
+    agents = list(csv.DictReader(open(out / "agents.csv", encoding="utf-8-sig")))
+    for a in agents:
+        assert 0.0 <= float(a["share_resolved"]) <= 1.0 and float(a["mean_customer_repeats"]) >= 0
