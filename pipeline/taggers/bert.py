@@ -281,7 +281,7 @@ class BertTagger:
                     queued.append(texts[flat[k][0]][a:b])
         clause_probs, _ = self.probabilities(queued, ["agent"] * len(queued))
         whole_turn = {self.tags.index(t) for t in self.inference["whole_turn_tags"]}
-        # (turn, tag) pairs where some window or clause lacks a whole-turn tag
+        # (turn, tag) pairs where some window of the turn lacks a whole-turn tag
         broken = {(flat[k][0], j) for k, labels in found.items() for j in whole_turn - set(labels)}
         results: list[list[TagHit]] = [[] for _ in texts]
         for k, labels in found.items():
@@ -289,8 +289,6 @@ class BertTagger:
             for j in labels:
                 carriers = [(a, b, float(clause_probs[q, j])) for q, a, b in clause_rows.get(k, [])
                             if clause_probs[q, j] >= self.thresholds[j]]
-                if j in whole_turn and len(carriers) < len(clause_rows.get(k, [])):
-                    broken.add((i, j))
                 if not carriers:
                     carriers = [(*_trim(texts[i], start, end), float(tag_probs[k, j]))]
                 results[i] += [TagHit(self.tags[j], a, b, round(p, 4)) for a, b, p in carriers]
