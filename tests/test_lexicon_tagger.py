@@ -21,6 +21,8 @@ POSITIVES = [
     ("backchannel", "嗯，我在听"),
     ("backchannel", "好的"),
     ("backchannel", "我明白，您继续说"),
+    ("backchannel", "嗯嗯，对，您接着说"),
+    ("backchannel", "好的好的，我都记下了"),
     ("confirmation", "您是说宽带每天晚上都断线，对吗？"),
     ("confirmation", "您的问题是退款一直没到账，对吗？"),
     ("confirmation", "我跟您确认一下地址"),
@@ -71,6 +73,14 @@ NEGATIVES = [
     ("polite", "您的申请已经提交"),
     # 对 in 对吗 is a question, not a backchannel
     ("backchannel", "您是说宽带断了，对吗？"),
+    # a turn that opens with 好的 / 行 and then answers is the answer, not a listening signal
+    ("backchannel", "好的，您的快递明天上午会送到"),
+    ("backchannel", "行，我这就给您改成下午送"),
+    ("backchannel", "行了行了，知道了"),
+    # a rule followed by another way forward; soothing followed by help a sentence later
+    ("rigid", "超过期限没办法退了，但我可以帮您申请一次免费维修"),
+    ("rigid", "我不会跟您说这是公司规定就不管了"),
+    ("perfunctory", "您别着急，订单我这边已经看到了，现在马上联系仓库"),
     # asking at the end is proactive, not an opening
     ("greeting", "还有什么可以帮您？"),
     ("vague", "这不是我不清楚，是系统还没更新"),
@@ -90,6 +100,21 @@ def test_context_cases_are_not_tagged(tagger, label, text):
 ])
 def test_customer_sentiment(tagger, text, expected):
     assert expected in labels(tagger, text, role="customer")
+
+
+@pytest.mark.parametrize("text", [
+    "我的退款还没到账，想问一下进度",       # a problem told calmly
+    "我上周买的台灯，开关按下去没反应",
+    "订单号是三三零六八八二一",             # a number read out
+    "要是下周还没发货的话，能退吗？",       # a calm question about a possible problem
+    "好，那就先这样，拜拜",                 # closing pleasantry
+])
+def test_calm_customer_turns_are_not_negative(tagger, text):
+    assert "sentiment.negative" not in labels(tagger, text, role="customer")
+
+
+def test_complaint_threat_is_negative(tagger):
+    assert "sentiment.negative" in labels(tagger, "你们再不处理我就打12315", role="customer")
 
 
 def test_negated_emotion_is_not_negative(tagger):

