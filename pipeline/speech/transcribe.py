@@ -2,9 +2,9 @@
 
 Stereo (one speaker per channel): each channel's speech regions come from the
 VAD, each region is recognised on its own, and the agent is the configured
-channel unless the wording strongly says otherwise. Overlaps of the two
-channels' speech become interruption events, so they are right even where ASR
-drops a word. Mono: the speech regions are split between two speakers by voice
+channel unless the wording strongly says otherwise. Turn times are the channels'
+speech activity, so the events stage (pipeline/events.py) finds who talked over
+whom even where ASR drops a word. Mono: the speech regions are split between two speakers by voice
 (pipeline/speech/diarize.py) and the agent is decided from wording and who speaks first.
 
 The model only ever sees one speech region at a time (at most
@@ -20,11 +20,11 @@ import yaml
 from tqdm import tqdm
 
 from pipeline.speech import roles
-from pipeline.speech.asr import PUNCTUATION, Recognizer, load_recognizer, recognize
+from pipeline.speech.asr import Recognizer, load_recognizer, recognize
 from pipeline.speech.audio import SAMPLE_RATE, Audio, load_audio
 from pipeline.speech.diarize import SpeakerRegion, diarize
-from pipeline.model import AudioInfo, Call, Event, Turn, Word
-from pipeline.speech.vad import Region, merge_regions, speech_regions, split_long_regions
+from pipeline.model import AudioInfo, Call, Turn, Word
+from pipeline.speech.vad import merge_regions, speech_regions, split_long_regions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "speech.yaml"
 # Two channels this similar are one signal written twice: treat the call as mono.
@@ -59,11 +59,11 @@ def transcribe_file(
         stereo = False
     if stereo:
         channel = config["agent_channel"] if agent_channel is None else agent_channel
-        turns, events, decision = _stereo(audio, channel, config, recognizer, warnings)
+        turns, decision = _stereo(audio, channel, config, recognizer, warnings)
         versions = {"vad": "silero-vad-v6"}
     else:
         turns, decision = _mono(audio, config, recognizer, warnings)
-        events = []  # one signal: overlaps cannot be measured, the event stage uses turn times
+        warnings.append("mono recording: talking at once cannot be measured, interruptions are not reported")
         versions = {"vad": "silero-vad-v6", "diarization": "resemblyzer-0.1.4+kmeans"}
     versions["asr"] = recognizer.name
     if not turns:
@@ -72,7 +72,6 @@ def transcribe_file(
         id=Path(path).stem,
         source=str(path),
         turns=turns,
-        events=events,
         audio=AudioInfo(
             path=str(path),
             sample_rate=audio.source_sample_rate,
@@ -81,6 +80,7 @@ def transcribe_file(
             agent_channel=int(decision.agent.removeprefix("ch")) if stereo else None,
             role_confidence=round(decision.confidence, 3),
             sha256=audio.sha256,
+            overlaps_measurable=stereo,
         ),
         warnings=warnings,
         versions=versions,
@@ -122,11 +122,7 @@ def _stereo(audio: Audio, agent_channel: int, config: dict, recognizer: Recogniz
         )
     for turn in turns:
         turn.role = "agent" if turn.speaker == decision.agent else "customer"
-    agent = int(decision.agent[2:])
-    events = overlap_events(activity[agent], activity[1 - agent], config["overlap"], turns)
-    # A backchannel (嗯, 好的) over the other speaker is listening, not interrupting.
-    events = [e for e in events if _spoken_chars(_turn_at(turns, e.role, e.start)) >= config["overlap"]["min_interrupter_chars"]]
-    return turns, events, decision
+    return turns, decision
 
 
 def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str]):
@@ -205,44 +201,6 @@ def _recognize_pieces(
     for i, turn in enumerate(turns):
         turn.id = i
     return turns
-
-
-def overlap_events(agent: list[Region], customer: list[Region], config: dict, turns: list[Turn]) -> list[Event]:
-    """Where one side starts speaking while the other is still speaking.
-
-    Agent starting over the customer is an "interruption"; the customer starting
-    over the agent is "customer_overlap" (a frustration signal). Both starting
-    together is neither.
-    """
-    events = []
-    for a_start, a_end in agent:
-        for c_start, c_end in customer:
-            overlap = min(a_end, c_end) - max(a_start, c_start)
-            if overlap < config["min_seconds"] or abs(a_start - c_start) < config["min_start_delay"]:
-                continue
-            kind, role = ("interruption", "agent") if a_start > c_start else ("customer_overlap", "customer")
-            start = max(a_start, c_start)
-            events.append(
-                Event(
-                    kind=kind,
-                    role=role,
-                    start=round(start, 3),
-                    end=round(start + overlap, 3),
-                    turn_ids=[t.id for t in turns if t.start is not None and t.start <= start + overlap and t.end >= start],
-                    value=round(overlap, 3),
-                    detail="from per-channel speech activity",
-                )
-            )
-    return sorted(events, key=lambda e: e.start)
-
-
-def _turn_at(turns: list[Turn], role: str, time: float) -> Turn | None:
-    own = [t for t in turns if t.role == role and t.start <= time + 0.1 and t.end >= time]
-    return own[0] if own else None
-
-
-def _spoken_chars(turn: Turn | None) -> int:
-    return len(PUNCTUATION.sub("", turn.text)) if turn else 0
 
 
 def _same_signal(left: np.ndarray, right: np.ndarray) -> bool:
