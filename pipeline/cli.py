@@ -72,7 +72,7 @@ def _apply_metadata(call: Call, meta: dict[str, dict[str, str]]) -> None:
 
 def score_command(args: argparse.Namespace) -> int:
     try:
-        scorer = Scorer(load_config(args.config))
+        scorer = Scorer(load_config(args.config), speech_overrides={"progress": not args.quiet})
         meta = read_metadata(Path(args.meta)) if args.meta else {}
         out = Path(args.out)
         store = Store(args.store or out / "callqa.db")

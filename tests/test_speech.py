@@ -250,3 +250,20 @@ def test_both_backends_give_near_identical_text():
         texts[backend] = "".join(s.text for c in (0, 1) for s in recognize(recognizer, audio.samples[c, : 16000 * 9], config)[0])
     edits, length = cer(texts["openai-whisper"], texts["faster-whisper"])
     assert length > 20 and edits / length <= 0.05, texts
+
+
+@pytest.mark.slow
+def test_quiet_scoring_of_a_recording_prints_nothing(tmp_path):
+    """`callqa score --quiet` on a recording: no per-turn progress bar of the speech stage."""
+    import os
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "score", str(AUDIO / "call_b_stereo_8k_ulaw.wav"), "--agent-channel", "1",
+         "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "turn" not in result.stderr and "%|" not in result.stderr, result.stderr[-2000:]
+    assert (tmp_path / "out" / "calls" / "call_b_stereo_8k_ulaw.json").exists()

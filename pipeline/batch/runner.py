@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -187,14 +187,14 @@ class Stages:
     def __init__(self, config_path: str | None = None, threads: int = 1, device: str = "cpu"):
         self.config_path = config_path
         self.config = load_config(config_path)
-        self.scorer = Scorer(self.config, speech_overrides={"cpu_threads": threads, "device": device})
+        # Workers print no per-turn progress of the speech stage: the batch has its own bar.
+        self.scorer = Scorer(self.config, speech_overrides={"cpu_threads": threads, "device": device, "progress": False})
 
     def read(self, item: Item) -> list[Call]:
         """Stage read / transcribe: the calls in one file, with the manifest's fields applied."""
         path = Path(item.path)
         if item.is_audio:
-            with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # its per-turn progress bar
-                calls = self.scorer.read(path, item.agent_channel)
+            calls = self.scorer.read(path, item.agent_channel)
         else:
             limit_mb = self.config["batch"]["max_transcript_mb"]
             if path.stat().st_size > limit_mb * 2**20:

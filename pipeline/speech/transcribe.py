@@ -169,7 +169,8 @@ def _recognize_pieces(
     """ASR on each (channel, start, end, speaker) piece; one Turn per recognised segment."""
     pad = config["asr_context_pad"]
     turns: list[Turn] = []
-    for channel, start, end, speaker in tqdm(sorted(pieces, key=lambda p: p[1]), desc=Path(audio.path).name, unit="turn", leave=False):
+    for channel, start, end, speaker in tqdm(sorted(pieces, key=lambda p: p[1]), desc=Path(audio.path).name, unit="turn", leave=False,
+                                            disable=not config["progress"]):
         signal = mono if channel is None else audio.samples[channel]
         offset = max(0.0, start - pad)
         clip = signal[int(offset * SAMPLE_RATE) : int((end + pad) * SAMPLE_RATE)]
