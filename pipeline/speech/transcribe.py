@@ -13,18 +13,18 @@ The model only ever sees one speech region at a time (at most
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from pipeline.speech import roles
-from pipeline.speech.asr import Recognizer, load_recognizer, recognize
+from pipeline.speech.asr import PUNCTUATION, HeardWord, Recognizer, load_recognizer, recognize, recognize_regions
 from pipeline.speech.audio import SAMPLE_RATE, Audio, load_audio
 from pipeline.speech.diarize import SpeakerRegion, diarize
 from pipeline.model import AudioInfo, Call, Turn, Word
-from pipeline.speech.vad import merge_regions, speech_regions, split_long_regions
+from pipeline.speech.vad import TurnSpan, channel_turns, speech_regions, split_long_regions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "speech.yaml"
 # Two channels this similar are one signal written twice: treat the call as mono.
@@ -91,14 +91,20 @@ def _stereo(audio: Audio, agent_channel: int, config: dict, recognizer: Recogniz
     if agent_channel not in (0, 1):
         raise ValueError(f"{audio.path}: agent_channel must be 0 or 1 for a stereo call, not {agent_channel}")
     activity = [speech_regions(audio.samples[c], config["vad"]) for c in (0, 1)]
-    pieces = [
-        (c, start, end, f"ch{c}")
-        for c in (0, 1)
-        for start, end in split_long_regions(
-            audio.samples[c], merge_regions(activity[c], config["turn_merge_gap"]), config["max_utterance_seconds"]
-        )
-    ]
-    turns = _recognize_pieces(audio, pieces, config, recognizer, warnings)
+    turns = []
+    for c in (0, 1):
+        spans = channel_turns(activity[c], activity[1 - c], config["turn_merge_gap"], config["backchannel"],
+                              speaker=f"ch{c}")
+        signal = audio.samples[c]
+        # Backchannels are recognised alone (see _backchannel_text), not in the windows.
+        backchannels = {(span.start, span.end) for span in spans if span.backchannel}
+        speech = [region for region in activity[c] if region not in backchannels]
+        regions = split_long_regions(signal, speech, config["max_utterance_seconds"])
+        heard, asr_warnings = recognize_regions(recognizer, signal, regions, config,
+                                                progress=_progress(audio, config, f"ch{c}"))
+        warnings += [f"ch{c} {w}" for w in asr_warnings]
+        turns += _turns(spans, heard, signal, config, recognizer, channel=c)
+    _number(turns)
 
     configured = f"ch{agent_channel}"
     first_start = {f"ch{c}": activity[c][0][0] for c in (0, 1) if activity[c]}
@@ -129,13 +135,15 @@ def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str
     samples = audio.samples.mean(axis=0)
     regions = speech_regions(samples, config["vad"])
     speakers = diarize(samples, regions, config["diarization"])
-    pieces = [
-        (None, s, e, speaker)
-        for start, end, speaker in _merge_same_speaker(speakers, config["turn_merge_gap"])
-        for s, e in split_long_regions(samples, [(start, end)], config["max_utterance_seconds"])
-    ]
-    turns = _recognize_pieces(audio, pieces, config, recognizer, warnings, mono=samples)
-    labels = sorted({speaker for *_, speaker in pieces})
+    spans = _merge_same_speaker(speakers, config["turn_merge_gap"])
+    pieces = split_long_regions(samples, regions, config["max_utterance_seconds"])
+    # Not packed: Whisper given several people's turns in one window tends to stop after one.
+    heard, asr_warnings = recognize_regions(recognizer, samples, pieces, config, pack=False,
+                                            progress=_progress(audio, config, "mono"))
+    warnings += asr_warnings
+    turns = _turns(spans, heard, samples, config, recognizer, channel=None)
+    _number(turns)
+    labels = sorted({span.speaker for span in spans})
     decision = roles.decide_agent(
         {label: [t.text for t in turns if t.speaker == label] for label in labels},
         speakers[0].speaker if speakers else "S0",
@@ -143,65 +151,87 @@ def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str
     )
     for turn in turns:
         turn.role = "agent" if turn.speaker == decision.agent else "customer"
-    if decision.confidence < 0.6:
+    if len(labels) > 1 and decision.confidence < 0.6:
         warnings.append(f"agent/customer assignment uncertain (confidence {decision.confidence:.2f})")
     return turns, decision
 
 
-def _merge_same_speaker(regions: list[SpeakerRegion], max_gap: float) -> list[tuple[float, float, str]]:
-    merged: list[tuple[float, float, str]] = []
+def _merge_same_speaker(regions: list[SpeakerRegion], max_gap: float) -> list[TurnSpan]:
+    merged: list[TurnSpan] = []
     for region in regions:
-        if merged and merged[-1][2] == region.speaker and region.start - merged[-1][1] < max_gap:
-            merged[-1] = (merged[-1][0], region.end, region.speaker)
+        if merged and merged[-1].speaker == region.speaker and region.start - merged[-1].end < max_gap:
+            merged[-1].end = region.end
         else:
-            merged.append((region.start, region.end, region.speaker))
+            merged.append(TurnSpan(region.start, region.end, speaker=region.speaker))
     return merged
 
 
-def _recognize_pieces(
-    audio: Audio,
-    pieces: list[tuple[int | None, float, float, str]],
-    config: dict,
-    recognizer: Recognizer,
-    warnings: list[str],
-    mono: np.ndarray | None = None,
-) -> list[Turn]:
-    """ASR on each (channel, start, end, speaker) piece; one Turn per recognised segment."""
-    pad = config["asr_context_pad"]
-    turns: list[Turn] = []
-    for channel, start, end, speaker in tqdm(sorted(pieces, key=lambda p: p[1]), desc=Path(audio.path).name, unit="turn", leave=False,
-                                            disable=not config["progress"]):
-        signal = mono if channel is None else audio.samples[channel]
-        offset = max(0.0, start - pad)
-        clip = signal[int(offset * SAMPLE_RATE) : int((end + pad) * SAMPLE_RATE)]
-        segments, segment_warnings = recognize(recognizer, clip, config)
-        warnings.extend(f"{speaker} {w}" for w in segment_warnings)
-        for i, segment in enumerate(segments):
-            # Times are clipped to the VAD region, and the region's own edges are the
-            # turn's edges: Whisper can stamp the first word after a pause early, and
-            # its word ends fall short; the speech activity is measured.
-            def clip_time(t: float) -> float:
-                return round(min(max(offset + t, start), end), 3)
+def _progress(audio: Audio, config: dict, part: str) -> str | None:
+    """The progress bar's label, or None for no bar."""
+    return f"{Path(audio.path).name} {part}" if config["progress"] else None
 
-            words = [Word(text=w.text, start=clip_time(w.start), end=clip_time(w.end), probability=w.probability) for w in segment.words]
-            turns.append(
-                Turn(
-                    id=0,
-                    role="unknown",
-                    text=segment.text,
-                    start=round(start, 3) if i == 0 else clip_time(segment.start),
-                    end=round(end, 3) if i == len(segments) - 1 else clip_time(segment.end),
-                    speaker=speaker,
-                    channel=channel,
-                    asr_confidence=round(segment.confidence, 3),
-                    low_confidence=segment.low_confidence,
-                    words=words,
-                )
-            )
+
+def _turns(spans: list[TurnSpan], heard: list[HeardWord], signal: np.ndarray, config: dict,
+           recognizer: Recognizer, channel: int | None) -> list[Turn]:
+    """Words into the turns whose time they fall in (the nearest turn when between two).
+
+    Turn edges are the speech activity's: Whisper can stamp the first word after a
+    pause early and its word ends fall short. A turn no word fell into is dropped;
+    backchannels are recognised on their own.
+    """
+    talk = [span for span in spans if not span.backchannel]
+    starts = [span.start for span in talk]
+    words: list[list[HeardWord]] = [[] for _ in talk]
+    for item in heard:
+        middle = (item.word.start + item.word.end) / 2
+        i = bisect.bisect_right(starts, middle) - 1
+        if i < 0 or (i + 1 < len(talk) and middle - talk[i].end > talk[i + 1].start - middle):
+            i = min(i + 1, len(talk) - 1)
+        words[i].append(item)
+    turns = [_backchannel_turn(signal, span, config, recognizer, channel) for span in spans if span.backchannel]
+    for span, own in zip(talk, words):
+        if not own:
+            continue
+        probabilities = [item.word.probability for item in own if item.word.probability is not None]
+        turns.append(Turn(
+            id=0, role="unknown", text="".join(item.word.text for item in own),
+            start=round(span.start, 3), end=round(span.end, 3), speaker=span.speaker, channel=channel,
+            asr_confidence=round(float(np.mean(probabilities)), 3) if probabilities else None,
+            low_confidence=any(item.low_confidence for item in own),
+            words=[Word(text=item.word.text, start=min(max(item.word.start, span.start), span.end),
+                        end=min(max(item.word.end, span.start), span.end), probability=item.word.probability)
+                   for item in own],
+        ))
+    return turns
+
+
+def _backchannel_turn(signal: np.ndarray, span: TurnSpan, config: dict, recognizer: Recognizer,
+                      channel: int | None) -> Turn:
+    """A short response under the other party, recognised by Whisper without the initial
+    prompt (with it, Whisper returns nothing for 嗯). Its text is kept when it is short
+    and sure; otherwise the turn reads `placeholder` (嗯), marked low-confidence."""
+    settings = config["backchannel"]
+    pad = config["asr_context_pad"]
+    clip = signal[int(max(0.0, span.start - pad) * SAMPLE_RATE) : int((span.end + pad) * SAMPLE_RATE)]
+    segments, _ = recognize(recognizer, clip, {**config, "initial_prompt": ""})
+    text = "".join(s.text for s in segments).strip()
+    words = [w for s in segments for w in s.words if w.probability is not None]
+    confidence = float(np.mean([w.probability for w in words])) if words else 0.0
+    spoken = PUNCTUATION.sub("", text)
+    sure = 0 < len(spoken) <= settings["max_chars"] and confidence >= settings["min_probability"] and _is_chinese(spoken)
+    return Turn(id=0, role="unknown", text=text if sure else settings["placeholder"],
+                start=round(span.start, 3), end=round(span.end, 3), speaker=span.speaker, channel=channel,
+                asr_confidence=round(confidence, 3) if sure else None, low_confidence=not sure)
+
+
+def _is_chinese(text: str) -> bool:
+    return all("\u4e00" <= char <= "\u9fff" for char in text)
+
+
+def _number(turns: list[Turn]) -> None:
     turns.sort(key=lambda t: (t.start, t.channel or 0))
     for i, turn in enumerate(turns):
         turn.id = i
-    return turns
 
 
 def _same_signal(left: np.ndarray, right: np.ndarray) -> bool:
