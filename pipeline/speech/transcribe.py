@@ -1,14 +1,18 @@
 """A call recording -> a `Call` with timed, speaker-attributed turns.
 
 Stereo (one speaker per channel): each channel's speech regions come from the
-VAD, each region is recognised on its own, and the agent is the configured
-channel unless the wording strongly says otherwise. Turn times are the channels'
-speech activity, so the events stage (pipeline/events.py) finds who talked over
-whom even where ASR drops a word. Mono: the speech regions are split between two speakers by voice
-(pipeline/speech/diarize.py) and the agent is decided from wording and who speaks first.
+VAD and form its turns (pipeline/speech/vad.py: channel_turns), backchannels
+under the other party included; the channel's speech is decoded in windows and
+its words go to the turn their time falls in. The agent is the configured channel
+unless the wording strongly says otherwise. Turn times are the channels' speech
+activity, so the events stage (pipeline/events.py) finds who talked over whom even
+where ASR drops a word. Mono: each VAD region is decoded whole, its words split
+between the speakers found by voice (pipeline/speech/diarize.py: one or two), and
+the agent is decided from wording and who speaks first; talking at once cannot be
+measured and the call says so (call.audio.overlaps_measurable).
 
-The model only ever sees one speech region at a time (at most
-`max_utterance_seconds`), so a call of hours is processed piece by piece.
+The model never sees more than `max_utterance_seconds` of speech at a time, so a
+call of hours is processed piece by piece.
 """
 
 from __future__ import annotations
