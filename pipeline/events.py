@@ -8,20 +8,27 @@ Kinds produced, each with its time span and turns:
 - speech_rate       字/分钟 per role over the call; evidence = the fastest turns
 - talk_ratio        the agent's share of speaking time
 - first_response    seconds until the agent first answers
+- overlaps_not_measurable  the call's audio cannot show two people talking at once
+                    (a mono mix): no interruption / customer_overlap is reported,
+                    and rules on them should be N/A rather than "never interrupted"
 
-Calls without times get no events. Calls from stereo audio arrive with
-interruption / customer_overlap events measured from per-channel speech
-activity; those are kept, not recomputed from turn times.
+Overlaps are decided per turn: a turn talks over the other party when it starts
+while the other party's turn is still in progress. A turn in progress runs over
+short pauses (a comma pause), so a customer resuming after 0.3 s does not make
+the agent's cut-in look like "both started together", and one cut-in is one event.
+Calls without times get no events. All passes are linear in the number of turns.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pipeline.model import Call, Event, Turn
 from pipeline.normalize import count_spoken_chars
 
 OVERLAP_KINDS = ("interruption", "customer_overlap")
+NOT_MEASURABLE = "overlaps_not_measurable"
 _SENTENCE_END = ("。", "？", "！", "?", "!", "…")
-_LOOKBACK_TURNS = 12
 
 
 def detect_events(call: Call, config: dict) -> Call:
@@ -30,8 +37,12 @@ def detect_events(call: Call, config: dict) -> Call:
         return call
     settings = config["events"]
     turns = sorted(call.turns, key=lambda t: (t.start, t.end))
-    kept = [e for e in call.events if e.kind in OVERLAP_KINDS]
-    events = kept if kept else _overlaps(call, turns, settings)
+    if call.audio is not None and call.audio.overlaps_measurable is False:
+        events = [Event(kind=NOT_MEASURABLE, start=turns[0].start, end=turns[-1].end,
+                        turn_ids=sorted({turns[0].id, turns[-1].id}),
+                        detail="one mixed channel: talking at once cannot be measured")]
+    else:
+        events = _overlaps(call, turns, settings)
     events += _silences(turns, _silence_threshold(settings["silence"]))
     events += _speech_rates(turns, settings["speech_rate"])
     events += _talk_ratio(turns)
@@ -40,44 +51,89 @@ def detect_events(call: Call, config: dict) -> Call:
     return call
 
 
-def _substantive_chars(call: Call, turn: Turn) -> int:
+def _substantive_chars(turn: Turn, backchannel_spans: dict[int, list[tuple[int, int]]]) -> int:
     """Spoken characters left once backchannel words (嗯, 好的) are taken out."""
     text = turn.text
-    for tag in call.tags_for(turn.id):
-        if tag.label == "backchannel":
-            text = text[: tag.char_start] + text[tag.char_end :]
+    for start, end in sorted(backchannel_spans.get(turn.id, []), reverse=True):
+        text = text[:start] + text[end:]
     return count_spoken_chars(text)
 
 
+@dataclass
+class _InProgress:
+    """One party's talk from a turn's start until a pause longer than `pause_within_turn`."""
+
+    start: float
+    end: float
+    turns: list[Turn]
+
+    def turn_at(self, time: float) -> Turn:
+        """The turn of this stretch that was running (or had just paused) at `time`."""
+        return max((t for t in self.turns if t.start < time), key=lambda t: t.start, default=self.turns[0])
+
+
+def _stretches(turns: list[Turn], pause: float) -> list[_InProgress]:
+    stretches: list[_InProgress] = []
+    for turn in turns:
+        if stretches and turn.start - stretches[-1].end < pause:
+            stretches[-1].end = max(stretches[-1].end, turn.end)
+            stretches[-1].turns.append(turn)
+        else:
+            stretches.append(_InProgress(turn.start, turn.end, [turn]))
+    return stretches
+
+
 def _overlaps(call: Call, turns: list[Turn], settings: dict) -> list[Event]:
-    events = []
-    agent_rules, customer_rules = settings["interruption"], settings["customer_overlap"]
-    for i, later in enumerate(turns):
-        # Only recent turns can still be running; the window keeps 3-hour calls linear.
-        for earlier in turns[max(0, i - _LOOKBACK_TURNS) : i]:
-            if earlier.role == later.role or earlier.role == "unknown" or later.role == "unknown":
-                continue
-            overlap = min(earlier.end, later.end) - later.start
-            if overlap <= 0:
-                continue
-            rules = agent_rules if later.role == "agent" else customer_rules
-            kind = "interruption" if later.role == "agent" else "customer_overlap"
-            if overlap < rules["min_overlap"]:
-                continue
-            if _substantive_chars(call, later) < agent_rules["min_chars"]:
-                continue  # a backchannel over someone is listening, not interrupting
-            if later.start - earlier.start < agent_rules["delay_time"]:
-                continue  # both started together: nobody cut in
-            events.append(Event(
-                kind=kind, role=later.role, start=later.start, end=later.start + overlap,
-                turn_ids=[earlier.id, later.id], value=round(overlap, 2),
-                detail=f"{later.role} started {overlap:.1f} s before the {earlier.role} finished",
-            ))
-    events += _cut_ins(call, turns, agent_rules)
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for tag in call.tags:
+        if tag.label == "backchannel":
+            spans.setdefault(tag.turn_id, []).append((tag.char_start, tag.char_end))
+    # A backchannel (嗯, 好的) is listening: it neither talks over nor is talked over.
+    substantive = {t.id: _substantive_chars(t, spans) for t in turns}
+    timing = settings["interruption"]
+    by_role = {role: [t for t in turns if t.role == role and substantive[t.id] >= settings[kind]["min_chars"]]
+               for role, kind in (("agent", "interruption"), ("customer", "customer_overlap"))}
+    events = _talking_over(by_role["agent"], by_role["customer"], settings["interruption"], timing, "interruption")
+    events += _talking_over(by_role["customer"], by_role["agent"], settings["customer_overlap"], timing,
+                            "customer_overlap")
+    flagged = {e.turn_ids[-1] for e in events}
+    events += [e for e in _cut_ins(turns, substantive, timing) if e.turn_ids[-1] not in flagged]
     return events
 
 
-def _cut_ins(call: Call, turns: list[Turn], rules: dict) -> list[Event]:
+def _talking_over(talkers: list[Turn], others: list[Turn], rules: dict, timing: dict, kind: str) -> list[Event]:
+    """One event per turn of `talkers` that starts while an `others` turn is in progress:
+    a sweep over both lists in time order."""
+    stretches = _stretches(others, timing["pause_within_turn"])
+    events: list[Event] = []
+    current = 0
+    previous: Turn | None = None
+    for turn in talkers:
+        while current < len(stretches) and stretches[current].end <= turn.start:
+            current += 1
+        own_previous, previous = previous, turn
+        if current == len(stretches) or stretches[current].start >= turn.start:
+            continue
+        other = stretches[current]
+        if turn.start - other.start < timing["delay_time"]:
+            continue  # both started together: nobody cut in
+        if (own_previous is not None and own_previous.start < other.start
+                and own_previous.end > other.start - timing["pause_within_turn"]
+                and turn.start - own_previous.end <= timing["carry_on_gap"]):
+            continue  # carrying on her own words after being talked over
+        overlap = min(other.end, turn.end) - turn.start
+        if overlap < rules["min_overlap"]:
+            continue
+        interrupted = other.turn_at(turn.start)
+        events.append(Event(
+            kind=kind, role=turn.role, start=turn.start, end=turn.start + overlap,
+            turn_ids=[interrupted.id, turn.id], value=round(overlap, 2),
+            detail=f"{turn.role} started {overlap:.1f} s before the {interrupted.role} finished",
+        ))
+    return events
+
+
+def _cut_ins(turns: list[Turn], substantive: dict[int, int], rules: dict) -> list[Event]:
     """Agent starts right after a customer turn that stopped mid-sentence and the
     customer then carries on: the customer was cut off without any overlap."""
     events = []
@@ -87,7 +143,7 @@ def _cut_ins(call: Call, turns: list[Turn], rules: dict) -> list[Event]:
         gap = agent.start - before.end
         stopped_mid_sentence = not before.text.rstrip().endswith(_SENTENCE_END)
         if 0 <= gap <= rules["cut_in_max_gap"] and stopped_mid_sentence \
-                and _substantive_chars(call, agent) >= rules["min_chars"]:
+                and substantive[agent.id] >= rules["min_chars"]:
             events.append(Event(
                 kind="interruption", role="agent", start=agent.start, end=agent.start,
                 turn_ids=[before.id, agent.id], value=0.0,

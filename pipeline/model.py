@@ -166,6 +166,9 @@ class AudioInfo(_Model):
     agent_channel: int | None = None
     role_confidence: float | None = None  # how sure the agent/customer assignment is
     sha256: str | None = None
+    # False when talking at once cannot be told from the recording (a mono mix): the
+    # events stage then reports no interruptions instead of a silent "none".
+    overlaps_measurable: bool | None = None
 
 
 class Call(_Model):

@@ -1,4 +1,5 @@
 import copy
+import textwrap
 
 import pytest
 
@@ -97,10 +98,93 @@ def test_calls_without_times_get_no_timing_events(scorer):
     assert events_of(scorer, call) == []
 
 
-def test_overlap_events_from_audio_are_kept(scorer):
-    from pipeline.model import Event
+def test_customer_resuming_after_a_comma_pause_is_one_turn_talked_over(scorer):
+    """The customer pauses 0.3 s, resumes, and the agent starts 0.5 s later: the
+    customer's turn began 3.8 s before the agent, so this is a cut-in, found once."""
+    call = make_call(("customer", "我上个月的账单里有一笔流量费，", 0.0, 3.0),
+                     ("customer", "我根本没用过那么多流量", 3.3, 7.0),
+                     ("agent", "那个是您开通的增值业务", 3.8, 7.5))
+    [event] = kinds(events_of(scorer, call), "interruption")
+    assert event.turn_ids == [1, 2] and event.start == pytest.approx(3.8)
+    assert event.value == pytest.approx(3.2)
+    assert not kinds(call.events, "customer_overlap")
 
-    call = make_call(("customer", "我要查话费", 0.0, 2.0), ("agent", "好的我帮您查", 2.5, 4.0))
-    call.events = [Event(kind="interruption", role="agent", start=1.5, end=2.0, turn_ids=[0, 1], value=0.5)]
+
+def test_one_event_per_agent_turn_over_a_customer_turn_in_pieces(scorer):
+    """A customer turn recognised in three pieces, the agent talking over all of them: one event."""
+    call = make_call(("customer", "我家宽带每天晚上都特别卡，", 0.0, 3.0),
+                     ("customer", "白天还好，", 3.2, 5.0),
+                     ("customer", "你们能不能派人来看看", 5.4, 8.0),
+                     ("agent", "您先重启一下光猫试试看吧，不行的话我再帮您报修", 2.0, 9.0))
+    [event] = kinds(events_of(scorer, call), "interruption")
+    assert event.turn_ids == [0, 3] and event.value == pytest.approx(6.0)
+
+
+def test_customer_carrying_on_while_the_agent_talks_over_her_is_not_her_overlap(scorer):
+    call = make_call(("customer", "我买的冰箱昨天送到了，但是门关不上", 0.0, 6.0),
+                     ("agent", "您先检查一下冰箱是不是放平了", 4.5, 9.0),
+                     ("customer", "而且还有很大的噪音，晚上根本睡不着", 6.8, 10.0))
     events = events_of(scorer, call)
-    assert len(kinds(events, "interruption")) == 1 and kinds(events, "interruption")[0].start == 1.5
+    [event] = kinds(events, "interruption")
+    assert event.turn_ids == [0, 1]
+    assert not kinds(events, "customer_overlap")
+
+
+def test_backchannel_turns_under_the_other_party_are_no_overlap(scorer):
+    call = make_call(("agent", "根据您的套餐，本月超出的流量按每兆三毛计算", 0.0, 5.0),
+                     ("customer", "嗯", 2.0, 2.3),
+                     ("customer", "好", 3.5, 3.8),
+                     ("agent", "好的好的", 6.0, 6.2),
+                     ("customer", "那我这个月要交多少钱呢，能不能帮我算一下", 5.5, 9.0),
+                     ("agent", "嗯", 7.0, 7.3))
+    events = events_of(scorer, call)
+    assert not kinds(events, "interruption") and not kinds(events, "customer_overlap")
+
+
+def test_calls_whose_audio_cannot_show_overlaps_say_so(tmp_path, scorer):
+    """A mono mix gets no interruption events but a marker, so a rule can be N/A."""
+    from pipeline.model import AudioInfo
+    from pipeline.scorecard import load_scorecard, score_call
+
+    call = make_call(("customer", "我家宽带每天晚上都特别卡，白天还好，我想问是不是", 0.0, 6.0),
+                     ("agent", "您先重启一下光猫试试看吧", 4.8, 8.0))
+    call.audio = AudioInfo(path="call.wav", channels=1, overlaps_measurable=False)
+    events = events_of(scorer, call)
+    assert not kinds(events, "interruption")
+    [marker] = kinds(events, "overlaps_not_measurable")
+    assert marker.start == 0.0 and marker.end == 8.0
+    card = tmp_path / "scorecard.yaml"
+    card.write_text(textwrap.dedent("""\
+        name: t
+        version: "1"
+        grades: [{grade: 优秀, min: 90}, {grade: 不合格, min: 0}]
+        dimensions:
+          listening: {label: 倾听, weight: 1}
+        rules:
+          - id: interruption
+            dimension: listening
+            description: 打断客户说话
+            type: penalty
+            points: 10
+            when: {event: interruption}
+            applies_when: {none: [{event: overlaps_not_measurable}]}
+        """), encoding="utf-8")
+    scored = score_call(call, load_scorecard(card))
+    [result] = scored.scores.dimensions["listening"].results
+    assert result.status == "na"
+
+
+def test_overlaps_are_found_in_one_pass_over_many_turns(scorer):
+    """20,000 alternating turns with an agent cut-in every fifth exchange: every one found
+    (the sweep over sorted turns; the time is measured in benchmarks/bench_speech.py)."""
+    from pipeline.events import detect_events
+
+    turns = []
+    for i in range(10_000):
+        start = i * 10.0
+        cut_in = i % 5 == 0
+        turns.append(("customer", "我想问一下这个账单是怎么回事", start, start + 5.0))
+        turns.append(("agent", "我帮您查一下这个账单", start + (4.0 if cut_in else 5.5), start + 8.0))
+    call = make_call(*turns)
+    detect_events(call, scorer.config)
+    assert len(kinds(call.events, "interruption")) == 2_000

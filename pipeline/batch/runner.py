@@ -46,7 +46,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -252,7 +252,8 @@ class Stages:
                  metadata: dict[str, dict[str, str]] | None = None):
         self.config_path = config_path
         self.config = load_config(config_path)
-        self.scorer = Scorer(self.config, speech_overrides={"cpu_threads": threads, "device": device})
+        # No per-turn progress from the speech stage: score and batch have their own bar.
+        self.scorer = Scorer(self.config, speech_overrides={"cpu_threads": threads, "device": device, "progress": False})
         self.metadata = metadata or {}
 
     def read(self, item: Item) -> list[Call]:
@@ -260,8 +261,7 @@ class Stages:
         limits, with the manifest's (or --meta's) fields applied."""
         path = Path(item.path)
         if item.is_audio:
-            with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # its per-turn progress bar
-                calls = self.scorer.read(path, item.agent_channel)
+            calls = self.scorer.read(path, item.agent_channel)
         else:
             calls = self.scorer.read(path)
         if item.call_id:

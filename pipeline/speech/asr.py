@@ -15,6 +15,7 @@ with the guards Whisper's users found necessary:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 from opencc import OpenCC
 
 from pipeline.speech import whisper_models
+from pipeline.speech.audio import SAMPLE_RATE
 from pipeline.model import Word
 
 PUNCTUATION = re.compile(r"[\s\u3000-\u303f\uff00-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65,.!?;:'\"()\[\]{}<>…—-]+")
@@ -250,3 +252,79 @@ def _words_within(words: list[Word], n_chars: int) -> list[Word]:
         kept.append(word)
         length += len(word.text)
     return kept
+
+
+@dataclass
+class HeardWord:
+    """A recognised word at its time in the recording, and whether its segment was unreliable."""
+
+    word: Word
+    low_confidence: bool
+
+
+def recognize_regions(
+    recognizer: Recognizer, signal: np.ndarray, regions: list[tuple[float, float]], config: dict,
+    pack: bool = True, progress: str | None = None,
+) -> tuple[list[HeardWord], list[str]]:
+    """Guarded recognition of the speech regions of one signal, words at recording times.
+
+    Regions (each with `asr_context_pad` of audio either side, never overlapping) are
+    decoded whole, never the same audio twice, so no word is duplicated or cut where
+    the caller later splits turns. With `pack` (one speaker's channel), regions are
+    packed into windows of at most `max_utterance_seconds` with the silence between
+    them left out: one Whisper window for many short turns. Each word's time is
+    mapped back to the recording; the caller splits the words into turns by time.
+    """
+    from tqdm import tqdm
+
+    pad, duration = config["asr_context_pad"], len(signal) / SAMPLE_RATE
+    ranges: list[tuple[float, float]] = []
+    for start, end in regions:
+        start, end = max(0.0, start - pad), min(duration, end + pad)
+        if ranges and start <= ranges[-1][1] and end - ranges[-1][0] <= config["max_utterance_seconds"]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
+        else:
+            ranges.append((max(start, ranges[-1][1]) if ranges else start, end))
+    heard, warnings = [], []
+    bar = tqdm(desc=progress, unit="window", leave=False, disable=progress is None)
+    first, resume_at = 0, 0.0
+    while first < len(ranges):
+        window = []
+        for start, end in ranges[first:]:
+            start = max(start, resume_at)
+            if window and (not pack or sum(e - s for s, e in window) + end - start > config["max_utterance_seconds"]):
+                break
+            window.append((start, end))
+        words, window_warnings = _recognize_window(recognizer, signal, window, config)
+        heard += words
+        warnings += window_warnings
+        first += len(window)
+        # Whisper sometimes ends a window early (after one speaker's sentence): the speech
+        # after its last word is decoded again as the start of the next window.
+        last = max((w.word.end for w in words), default=None)
+        if last is not None and sum(max(0.0, e - max(s, last)) for s, e in window) >= config["asr_resume_seconds"]:
+            first = next(i for i, (s, e) in enumerate(ranges) if e > last)
+            resume_at = last
+        bar.update(1)
+    bar.close()
+    return heard, warnings
+
+
+def _recognize_window(recognizer: Recognizer, signal: np.ndarray, window: list[tuple[float, float]],
+                      config: dict) -> tuple[list[HeardWord], list[str]]:
+    """The given ranges of the signal decoded back to back, words at recording times."""
+    clip = np.concatenate([signal[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)] for s, e in window])
+    packed_starts = list(itertools.accumulate((e - s for s, e in window[:-1]), initial=0.0))
+
+    def to_recording(t: float) -> float:
+        i = max(0, bisect.bisect_right(packed_starts, t) - 1)
+        return round(min(window[i][0] + t - packed_starts[i], window[i][1]), 3)
+
+    segments, warnings = recognize(recognizer, clip, config)
+    heard = []
+    for segment in segments:
+        for word in segment.words:
+            start = to_recording(word.start)
+            moved = Word(text=word.text, start=start, end=max(start, to_recording(word.end)), probability=word.probability)
+            heard.append(HeardWord(moved, segment.low_confidence))
+    return heard, [f"{w} (window from {window[0][0]:.1f}s)" for w in warnings]

@@ -1,30 +1,34 @@
 """A call recording -> a `Call` with timed, speaker-attributed turns.
 
 Stereo (one speaker per channel): each channel's speech regions come from the
-VAD, each region is recognised on its own, and the agent is the configured
-channel unless the wording strongly says otherwise. Overlaps of the two
-channels' speech become interruption events, so they are right even where ASR
-drops a word. Mono: the speech regions are split between two speakers by voice
-(pipeline/speech/diarize.py) and the agent is decided from wording and who speaks first.
+VAD and form its turns (pipeline/speech/vad.py: channel_turns), backchannels
+under the other party included; the channel's speech is decoded in windows and
+its words go to the turn their time falls in. The agent is the configured channel
+unless the wording strongly says otherwise. Turn times are the channels' speech
+activity, so the events stage (pipeline/events.py) finds who talked over whom even
+where ASR drops a word. Mono: each VAD region is decoded whole, its words split
+between the speakers found by voice (pipeline/speech/diarize.py: one or two), and
+the agent is decided from wording and who speaks first; talking at once cannot be
+measured and the call says so (call.audio.overlaps_measurable).
 
-The model only ever sees one speech region at a time (at most
-`max_utterance_seconds`), so a call of hours is processed piece by piece.
+The model never sees more than `max_utterance_seconds` of speech at a time, so a
+call of hours is processed piece by piece.
 """
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from pipeline.speech import roles
-from pipeline.speech.asr import PUNCTUATION, Recognizer, load_recognizer, recognize
+from pipeline.speech.asr import PUNCTUATION, HeardWord, Recognizer, load_recognizer, recognize, recognize_regions
 from pipeline.speech.audio import SAMPLE_RATE, Audio, load_audio
 from pipeline.speech.diarize import SpeakerRegion, diarize
-from pipeline.model import AudioInfo, Call, Event, Turn, Word
-from pipeline.speech.vad import Region, merge_regions, speech_regions, split_long_regions
+from pipeline.model import AudioInfo, Call, Turn, Word
+from pipeline.speech.vad import TurnSpan, channel_turns, speech_regions, split_long_regions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "speech.yaml"
 # Two channels this similar are one signal written twice: treat the call as mono.
@@ -59,11 +63,11 @@ def transcribe_file(
         stereo = False
     if stereo:
         channel = config["agent_channel"] if agent_channel is None else agent_channel
-        turns, events, decision = _stereo(audio, channel, config, recognizer, warnings)
+        turns, decision = _stereo(audio, channel, config, recognizer, warnings)
         versions = {"vad": "silero-vad-v6"}
     else:
         turns, decision = _mono(audio, config, recognizer, warnings)
-        events = []  # one signal: overlaps cannot be measured, the event stage uses turn times
+        warnings.append("mono recording: talking at once cannot be measured, interruptions are not reported")
         versions = {"vad": "silero-vad-v6", "diarization": "resemblyzer-0.1.4+kmeans"}
     versions["asr"] = recognizer.name
     if not turns:
@@ -72,7 +76,6 @@ def transcribe_file(
         id=Path(path).stem,
         source=str(path),
         turns=turns,
-        events=events,
         audio=AudioInfo(
             path=str(path),
             sample_rate=audio.source_sample_rate,
@@ -81,6 +84,7 @@ def transcribe_file(
             agent_channel=int(decision.agent.removeprefix("ch")) if stereo else None,
             role_confidence=round(decision.confidence, 3),
             sha256=audio.sha256,
+            overlaps_measurable=stereo,
         ),
         warnings=warnings,
         versions=versions,
@@ -91,14 +95,20 @@ def _stereo(audio: Audio, agent_channel: int, config: dict, recognizer: Recogniz
     if agent_channel not in (0, 1):
         raise ValueError(f"{audio.path}: agent_channel must be 0 or 1 for a stereo call, not {agent_channel}")
     activity = [speech_regions(audio.samples[c], config["vad"]) for c in (0, 1)]
-    pieces = [
-        (c, start, end, f"ch{c}")
-        for c in (0, 1)
-        for start, end in split_long_regions(
-            audio.samples[c], merge_regions(activity[c], config["turn_merge_gap"]), config["max_utterance_seconds"]
-        )
-    ]
-    turns = _recognize_pieces(audio, pieces, config, recognizer, warnings)
+    turns = []
+    for c in (0, 1):
+        spans = channel_turns(activity[c], activity[1 - c], config["turn_merge_gap"], config["backchannel"],
+                              speaker=f"ch{c}")
+        signal = audio.samples[c]
+        # Backchannels are recognised alone (see _backchannel_text), not in the windows.
+        backchannels = {(span.start, span.end) for span in spans if span.backchannel}
+        speech = [region for region in activity[c] if region not in backchannels]
+        regions = split_long_regions(signal, speech, config["max_utterance_seconds"])
+        heard, asr_warnings = recognize_regions(recognizer, signal, regions, config,
+                                                progress=_progress(audio, config, f"ch{c}"))
+        warnings += [f"ch{c} {w}" for w in asr_warnings]
+        turns += _turns(spans, heard, signal, config, recognizer, channel=c)
+    _number(turns)
 
     configured = f"ch{agent_channel}"
     first_start = {f"ch{c}": activity[c][0][0] for c in (0, 1) if activity[c]}
@@ -122,24 +132,22 @@ def _stereo(audio: Audio, agent_channel: int, config: dict, recognizer: Recogniz
         )
     for turn in turns:
         turn.role = "agent" if turn.speaker == decision.agent else "customer"
-    agent = int(decision.agent[2:])
-    events = overlap_events(activity[agent], activity[1 - agent], config["overlap"], turns)
-    # A backchannel (嗯, 好的) over the other speaker is listening, not interrupting.
-    events = [e for e in events if _spoken_chars(_turn_at(turns, e.role, e.start)) >= config["overlap"]["min_interrupter_chars"]]
-    return turns, events, decision
+    return turns, decision
 
 
 def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str]):
     samples = audio.samples.mean(axis=0)
     regions = speech_regions(samples, config["vad"])
     speakers = diarize(samples, regions, config["diarization"])
-    pieces = [
-        (None, s, e, speaker)
-        for start, end, speaker in _merge_same_speaker(speakers, config["turn_merge_gap"])
-        for s, e in split_long_regions(samples, [(start, end)], config["max_utterance_seconds"])
-    ]
-    turns = _recognize_pieces(audio, pieces, config, recognizer, warnings, mono=samples)
-    labels = sorted({speaker for *_, speaker in pieces})
+    spans = _merge_same_speaker(speakers, config["turn_merge_gap"])
+    pieces = split_long_regions(samples, regions, config["max_utterance_seconds"])
+    # Not packed: Whisper given several people's turns in one window tends to stop after one.
+    heard, asr_warnings = recognize_regions(recognizer, samples, pieces, config, pack=False,
+                                            progress=_progress(audio, config, "mono"))
+    warnings += asr_warnings
+    turns = _turns(spans, heard, samples, config, recognizer, channel=None)
+    _number(turns)
+    labels = sorted({span.speaker for span in spans})
     decision = roles.decide_agent(
         {label: [t.text for t in turns if t.speaker == label] for label in labels},
         speakers[0].speaker if speakers else "S0",
@@ -147,102 +155,87 @@ def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str
     )
     for turn in turns:
         turn.role = "agent" if turn.speaker == decision.agent else "customer"
-    if decision.confidence < 0.6:
+    if len(labels) > 1 and decision.confidence < 0.6:
         warnings.append(f"agent/customer assignment uncertain (confidence {decision.confidence:.2f})")
     return turns, decision
 
 
-def _merge_same_speaker(regions: list[SpeakerRegion], max_gap: float) -> list[tuple[float, float, str]]:
-    merged: list[tuple[float, float, str]] = []
+def _merge_same_speaker(regions: list[SpeakerRegion], max_gap: float) -> list[TurnSpan]:
+    merged: list[TurnSpan] = []
     for region in regions:
-        if merged and merged[-1][2] == region.speaker and region.start - merged[-1][1] < max_gap:
-            merged[-1] = (merged[-1][0], region.end, region.speaker)
+        if merged and merged[-1].speaker == region.speaker and region.start - merged[-1].end < max_gap:
+            merged[-1].end = region.end
         else:
-            merged.append((region.start, region.end, region.speaker))
+            merged.append(TurnSpan(region.start, region.end, speaker=region.speaker))
     return merged
 
 
-def _recognize_pieces(
-    audio: Audio,
-    pieces: list[tuple[int | None, float, float, str]],
-    config: dict,
-    recognizer: Recognizer,
-    warnings: list[str],
-    mono: np.ndarray | None = None,
-) -> list[Turn]:
-    """ASR on each (channel, start, end, speaker) piece; one Turn per recognised segment."""
-    pad = config["asr_context_pad"]
-    turns: list[Turn] = []
-    for channel, start, end, speaker in tqdm(sorted(pieces, key=lambda p: p[1]), desc=Path(audio.path).name, unit="turn", leave=False):
-        signal = mono if channel is None else audio.samples[channel]
-        offset = max(0.0, start - pad)
-        clip = signal[int(offset * SAMPLE_RATE) : int((end + pad) * SAMPLE_RATE)]
-        segments, segment_warnings = recognize(recognizer, clip, config)
-        warnings.extend(f"{speaker} {w}" for w in segment_warnings)
-        for i, segment in enumerate(segments):
-            # Times are clipped to the VAD region, and the region's own edges are the
-            # turn's edges: Whisper can stamp the first word after a pause early, and
-            # its word ends fall short; the speech activity is measured.
-            def clip_time(t: float) -> float:
-                return round(min(max(offset + t, start), end), 3)
+def _progress(audio: Audio, config: dict, part: str) -> str | None:
+    """The progress bar's label, or None for no bar."""
+    return f"{Path(audio.path).name} {part}" if config["progress"] else None
 
-            words = [Word(text=w.text, start=clip_time(w.start), end=clip_time(w.end), probability=w.probability) for w in segment.words]
-            turns.append(
-                Turn(
-                    id=0,
-                    role="unknown",
-                    text=segment.text,
-                    start=round(start, 3) if i == 0 else clip_time(segment.start),
-                    end=round(end, 3) if i == len(segments) - 1 else clip_time(segment.end),
-                    speaker=speaker,
-                    channel=channel,
-                    asr_confidence=round(segment.confidence, 3),
-                    low_confidence=segment.low_confidence,
-                    words=words,
-                )
-            )
-    turns.sort(key=lambda t: (t.start, t.channel or 0))
-    for i, turn in enumerate(turns):
-        turn.id = i
+
+def _turns(spans: list[TurnSpan], heard: list[HeardWord], signal: np.ndarray, config: dict,
+           recognizer: Recognizer, channel: int | None) -> list[Turn]:
+    """Words into the turns whose time they fall in (the nearest turn when between two).
+
+    Turn edges are the speech activity's: Whisper can stamp the first word after a
+    pause early and its word ends fall short. A turn no word fell into is dropped;
+    backchannels are recognised on their own.
+    """
+    talk = [span for span in spans if not span.backchannel]
+    starts = [span.start for span in talk]
+    words: list[list[HeardWord]] = [[] for _ in talk]
+    for item in heard:
+        middle = (item.word.start + item.word.end) / 2
+        i = bisect.bisect_right(starts, middle) - 1
+        if i < 0 or (i + 1 < len(talk) and middle - talk[i].end > talk[i + 1].start - middle):
+            i = min(i + 1, len(talk) - 1)
+        words[i].append(item)
+    turns = [_backchannel_turn(signal, span, config, recognizer, channel) for span in spans if span.backchannel]
+    for span, own in zip(talk, words):
+        if not own:
+            continue
+        probabilities = [item.word.probability for item in own if item.word.probability is not None]
+        turns.append(Turn(
+            id=0, role="unknown", text="".join(item.word.text for item in own),
+            start=round(span.start, 3), end=round(span.end, 3), speaker=span.speaker, channel=channel,
+            asr_confidence=round(float(np.mean(probabilities)), 3) if probabilities else None,
+            low_confidence=any(item.low_confidence for item in own),
+            words=[Word(text=item.word.text, start=min(max(item.word.start, span.start), span.end),
+                        end=min(max(item.word.end, span.start), span.end), probability=item.word.probability)
+                   for item in own],
+        ))
     return turns
 
 
-def overlap_events(agent: list[Region], customer: list[Region], config: dict, turns: list[Turn]) -> list[Event]:
-    """Where one side starts speaking while the other is still speaking.
-
-    Agent starting over the customer is an "interruption"; the customer starting
-    over the agent is "customer_overlap" (a frustration signal). Both starting
-    together is neither.
-    """
-    events = []
-    for a_start, a_end in agent:
-        for c_start, c_end in customer:
-            overlap = min(a_end, c_end) - max(a_start, c_start)
-            if overlap < config["min_seconds"] or abs(a_start - c_start) < config["min_start_delay"]:
-                continue
-            kind, role = ("interruption", "agent") if a_start > c_start else ("customer_overlap", "customer")
-            start = max(a_start, c_start)
-            events.append(
-                Event(
-                    kind=kind,
-                    role=role,
-                    start=round(start, 3),
-                    end=round(start + overlap, 3),
-                    turn_ids=[t.id for t in turns if t.start is not None and t.start <= start + overlap and t.end >= start],
-                    value=round(overlap, 3),
-                    detail="from per-channel speech activity",
-                )
-            )
-    return sorted(events, key=lambda e: e.start)
+def _backchannel_turn(signal: np.ndarray, span: TurnSpan, config: dict, recognizer: Recognizer,
+                      channel: int | None) -> Turn:
+    """A short response under the other party, recognised by Whisper without the initial
+    prompt (with it, Whisper returns nothing for 嗯). Its text is kept when it is short
+    and sure; otherwise the turn reads `placeholder` (嗯), marked low-confidence."""
+    settings = config["backchannel"]
+    pad = config["asr_context_pad"]
+    clip = signal[int(max(0.0, span.start - pad) * SAMPLE_RATE) : int((span.end + pad) * SAMPLE_RATE)]
+    segments, _ = recognize(recognizer, clip, {**config, "initial_prompt": ""})
+    text = "".join(s.text for s in segments).strip()
+    words = [w for s in segments for w in s.words if w.probability is not None]
+    confidence = float(np.mean([w.probability for w in words])) if words else 0.0
+    spoken = PUNCTUATION.sub("", text)
+    sure = 0 < len(spoken) <= settings["max_chars"] and confidence >= settings["min_probability"] and _is_chinese(spoken)
+    return Turn(id=0, role="unknown", text=text if sure else settings["placeholder"],
+                start=round(span.start, 3), end=round(span.end, 3), speaker=span.speaker, channel=channel,
+                asr_confidence=round(confidence, 3) if sure else None, low_confidence=not sure)
 
 
-def _turn_at(turns: list[Turn], role: str, time: float) -> Turn | None:
-    own = [t for t in turns if t.role == role and t.start <= time + 0.1 and t.end >= time]
-    return own[0] if own else None
+def _is_chinese(text: str) -> bool:
+    return all("\u4e00" <= char <= "\u9fff" for char in text)
 
 
-def _spoken_chars(turn: Turn | None) -> int:
-    return len(PUNCTUATION.sub("", turn.text)) if turn else 0
+def _number(turns: list[Turn]) -> None:
+    turns.sort(key=lambda t: (t.start, t.channel or 0))
+    for i, turn in enumerate(turns):
+        turn.id = i
 
 
 def _same_signal(left: np.ndarray, right: np.ndarray) -> bool:

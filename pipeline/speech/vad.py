@@ -8,6 +8,9 @@ the overlap of the two channels' speech (interruptions).
 
 from __future__ import annotations
 
+import bisect
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.speech.audio import SAMPLE_RATE
@@ -55,3 +58,58 @@ def split_long_regions(samples: np.ndarray, regions: list[Region], max_seconds: 
         cut = lo + (int(np.argmin((frames**2).mean(axis=1))) + 0.5) * 0.1
         result.extend(split_long_regions(samples, [(start, cut), (cut, end)], max_seconds))
     return result
+
+
+@dataclass
+class TurnSpan:
+    """One speaker's turn on a stereo channel: speech regions joined across short pauses."""
+
+    start: float
+    end: float
+    backchannel: bool = False  # a short response (嗯, 好) while the other party talks
+    speaker: str = ""
+
+
+def channel_turns(own: list[Region], other: list[Region], max_gap: float, backchannel: dict,
+                  speaker: str = "") -> list[TurnSpan]:
+    """Turns of one channel, given both channels' speech regions (each sorted, non-overlapping).
+
+    Regions closer than max_gap join, unless the other party finished speaking in
+    between (they took a turn: what follows is a reply) or one of them is a
+    backchannel: at most backchannel["max_seconds"] long, wholly inside the other
+    party's speech, with backchannel["min_silence"] of own silence either side (the
+    first words of a cut-in are followed by more), kept as a turn of its own so it
+    never becomes part of a sentence nor hides when that sentence started.
+    """
+    backchannel_seconds = backchannel["max_seconds"]
+    other_starts = [start for start, _ in other]
+    other_ends = [end for _, end in other]
+
+    def under_other(start: float, end: float) -> bool:
+        i = bisect.bisect_left(other_starts, start) - 1
+        return i >= 0 and other_ends[i] > end
+
+    def other_finished(after: float, silent_from: float, until: float) -> bool:
+        """The other party stopped speaking after `after`: more than a backchannel, or
+        in the pause itself (they had the floor while this speaker was silent)."""
+        i = bisect.bisect_right(other_ends, after)
+        while i < len(other_ends) and other_ends[i] <= until:
+            if other_ends[i] - other_starts[i] > backchannel_seconds or other_ends[i] > silent_from:
+                return True
+            i += 1
+        return False
+
+    turns: list[TurnSpan] = []
+    last_region_start = 0.0
+    for i, (start, end) in enumerate(own):
+        alone = (i == 0 or start - own[i - 1][1] >= backchannel["min_silence"]) and (
+            i + 1 == len(own) or own[i + 1][0] - end >= backchannel["min_silence"])
+        is_backchannel = end - start <= backchannel_seconds and alone and under_other(start, end)
+        joins = (turns and not is_backchannel and not turns[-1].backchannel and start - turns[-1].end < max_gap
+                 and not other_finished(last_region_start, turns[-1].end, start))
+        if joins:
+            turns[-1].end = max(turns[-1].end, end)
+        else:
+            turns.append(TurnSpan(start, end, is_backchannel, speaker))
+        last_region_start = start
+    return turns
