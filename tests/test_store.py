@@ -98,7 +98,7 @@ def test_migrations_create_exactly_the_declared_schema(store_url):
     from alembic.migration import MigrationContext
 
     store = Store(store_url)
-    assert store.schema_version() == "0001"
+    assert store.schema_version() == "0002"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     Store(store_url).close()  # reopening an up-to-date store changes nothing
@@ -205,4 +205,4 @@ def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path):
                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=120) for p in openers]
     assert [p.returncode for p in openers] == [0, 0, 0], [err[-300:] for _, err in results]
-    assert [out.strip() for out, _ in results] == ["0001"] * 3
+    assert [out.strip() for out, _ in results] == ["0002"] * 3
