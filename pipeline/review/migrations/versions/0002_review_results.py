@@ -22,10 +22,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("calls") as batch:
-        batch.add_column(sa.Column("input_dir", sa.Text))
-    with op.batch_alter_table("rule_results") as batch:
-        batch.add_column(sa.Column("evidence_items", sa.Integer, nullable=False, server_default="0"))
+    # Plain ADD / DROP COLUMN (SQLite >= 3.35 has both): a batch copy of `calls` would
+    # fail on the other tables' foreign keys.
+    op.add_column("calls", sa.Column("input_dir", sa.Text))
+    op.add_column("rule_results", sa.Column("evidence_items", sa.Integer, nullable=False, server_default="0"))
     op.create_table(
         "reviews",
         sa.Column("call_id", sa.String, sa.ForeignKey("calls.id"), primary_key=True),
@@ -44,8 +44,6 @@ def upgrade() -> None:
         sa.Column("added", sa.Integer, nullable=False),
     )
     _backfill()
-    with op.batch_alter_table("rule_results") as batch:
-        batch.alter_column("evidence_items", server_default=None)  # the model has no server default
 
 
 def _backfill() -> None:
@@ -68,7 +66,5 @@ def _backfill() -> None:
 def downgrade() -> None:
     op.drop_table("rule_reviews")
     op.drop_table("reviews")
-    with op.batch_alter_table("rule_results") as batch:
-        batch.drop_column("evidence_items")
-    with op.batch_alter_table("calls") as batch:
-        batch.drop_column("input_dir")
+    op.drop_column("rule_results", "evidence_items")
+    op.drop_column("calls", "input_dir")
