@@ -1,6 +1,6 @@
 """Review app latency as verdicts grow: the calls list and rule-precision pages.
 
-    python benchmarks/bench_review.py [--calls 10000] [--clients 20] [--requests 10]
+    python benchmarks/bench_review.py [--calls 10000] [--clients 20] [--requests 10] [--store FILE]
 
 Scores the sample calls once (lexicon tagger), saves copies under new ids into a
 fresh SQLite store through the real Store API, and gives every call verdicts
@@ -8,7 +8,8 @@ fresh SQLite store through the real Store API, and gives every call verdicts
 sample and saved per call with `Store.save_review`, as the app does after a
 verdict). Then starts the real app (`callqa review` in a subprocess, uvicorn)
 and has `--clients` threads each request the list page and the precision page
-`--requests` times; prints p50 / p95 / max per page.
+`--requests` times; prints p50 / p95 / max per page. `--store FILE` keeps the
+built store there and reuses it when it exists (measure again without rebuilding).
 """
 
 from __future__ import annotations
@@ -106,10 +107,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10, help="per client and page")
     parser.add_argument("--port", type=int, default=8797)
+    parser.add_argument("--store", type=Path, help="keep the store here; reused when it exists")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        store = Path(folder) / "callqa.db"
-        build_store(store, args.calls)
+        store = args.store or Path(folder) / "callqa.db"
+        if not store.exists():
+            build_store(store, args.calls)
         app = start_app(store, args.port)
         try:
             base = f"http://127.0.0.1:{args.port}"

@@ -238,3 +238,22 @@ def test_privacy_corpus_clip_audio_is_silent_over_every_number(tmp_path, config)
     share = (last.end - last.start) / len(plain)
     assert np.abs(part(samples, last.start + at * share, last.start + end * share)).max() == 0
     assert np.abs(part(samples, last.start, last.start + at * share - privacy.silence_pad - 0.01)).max() > 0.1
+
+
+def test_clips_of_ids_that_share_a_file_name_do_not_overwrite_each_other(tmp_path, config):
+    from pipeline.config import config_path
+    from pipeline.model import AudioInfo, Call, Tag
+    from pipeline.scorecard import load_scorecard, score_call
+    from tests.conftest import write_call_audio
+
+    store = Store(tmp_path / "callqa.db")
+    scorecard = load_scorecard(config_path(config, config["scorecard"]))
+    for tone, call_id in enumerate(["team/1", "team_1"]):
+        turns = [Turn(id=0, role="agent", text="这是公司规定", start=0.0, end=1.0 + tone)]
+        call = Call(id=call_id, turns=turns, tags=[Tag(label="rigid", turn_id=0, char_start=0, char_end=6,
+                                                        text="这是公司规定", source="test")])
+        call.audio = AudioInfo(path=str(write_call_audio(call, tmp_path / f"{tone}.wav")))
+        store.save_call(score_call(call, scorecard), "sha", "cfg")
+    rows, _ = export_clips(store, store.list_calls(), tmp_path / "clips", padding=0.5, privacy=None)
+    assert len({r.file for r in rows}) == 2
+    assert len(list((tmp_path / "clips").glob("*.wav"))) == 2

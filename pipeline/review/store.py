@@ -63,7 +63,7 @@ calls = sa.Table(
     sa.Column("total", sa.Float),
     sa.Column("grade", sa.String, index=True),
     sa.Column("critical_failed", sa.Boolean, nullable=False, default=False),
-    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("call_json", sa.Text, nullable=False),
 )
 
@@ -170,7 +170,7 @@ reviews = sa.Table(
     sa.Column("total", sa.Float),
     sa.Column("grade", sa.String),
     sa.Column("verdicts", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 
 rule_reviews = sa.Table(
@@ -425,7 +425,8 @@ class Store:
         """Calls matching every filter given, newest first (the first `limit` of them).
         `dimension`: calls with a deduction in that dimension; `flag`: calls with a tag
         of that label or an event of that kind."""
-        columns = [c for c in calls.c if c.name != "call_json"]  # the whole call is not needed here
+        columns = [calls.c[name] for name in ("id", "source", "agent_id", "team", "date", "week", "total", "grade",
+                                              "critical_failed", "audio_path")]
         query = self._filtered(sa.select(*columns).order_by(calls.c.date.desc(), calls.c.id),
                                week, agent, grade, dimension, flag)
         if limit is not None:
@@ -486,6 +487,17 @@ class Store:
                                 .where(verdicts.c.call_id == call_id)).scalar()
 
     # --- stored review results (see the `reviews` table) ---------------------
+
+    def generation(self) -> tuple:
+        """Changes whenever a call is saved, a verdict recorded or a review result stored:
+        readers may keep what they derived from the store until it changes. Index lookups only."""
+        query = sa.select(sa.select(sa.func.count()).select_from(calls).scalar_subquery(),
+                          sa.select(sa.func.max(calls.c.scored_at)).scalar_subquery(),
+                          sa.select(sa.func.max(verdicts.c.id)).scalar_subquery(),
+                          sa.select(sa.func.count()).select_from(reviews).scalar_subquery(),
+                          sa.select(sa.func.max(reviews.c.updated_at)).scalar_subquery())
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(query).one())
 
     def save_review(self, summary: ReviewSummary) -> None:
         """Replace the stored review result of one call, unless a verdict came in since

@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
+import threading
 from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
@@ -83,6 +84,33 @@ def url_id(call_id: str) -> str:
     return quote(call_id, safe="")
 
 
+class Derived:
+    """Values derived from the store (list rows, facets, rule precision), kept until
+    `Store.generation()` says a call, verdict or review result changed; so 20 clients
+    reading the list do not repeat the same queries."""
+
+    MAX_KEYS = 256
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.lock = threading.Lock()
+        self.generation: tuple | None = None
+        self.values: dict = {}
+
+    def get(self, key, compute):
+        generation = self.store.generation()
+        with self.lock:
+            if generation != self.generation or len(self.values) > self.MAX_KEYS:
+                self.generation, self.values = generation, {}
+            if key in self.values:
+                return self.values[key]
+        value = compute()
+        with self.lock:
+            if self.generation == generation:
+                self.values[key] = value
+        return value
+
+
 def path_call_id(request: Request, prefix: str) -> str:
     """The call id of a /calls/<id>, /audio/<id> or /verdicts/<id> request, percent-decoded
     exactly once from the raw path. (Some ASGI clients decode the path twice, which
@@ -102,6 +130,10 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
     roots = [Path(r).resolve() for r in audio_roots]
     templates = Jinja2Templates(directory=PACKAGE / "templates")
     templates.env.filters["urlid"] = url_id
+    derived = Derived(store)
+
+    def fresh_reviews() -> None:
+        derived.get("stale reviews refreshed", lambda: refresh_stale_reviews(store, scorecard))
     app = FastAPI(title="callqa review", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static")
 
@@ -154,14 +186,22 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
                   flag: str = ""):
         filters = dict(week=week, agent=agent, grade=grade, dimension=dimension, flag=flag)
         chosen = {k: v or None for k, v in filters.items()}
-        calls = store.list_calls(**chosen, limit=LIST_LIMIT)
-        facets = store.facets()
-        # Flag types are tags and the timing events a trainer can play; not call-level measures.
-        facets["flag"] = [f for f in facets["flag"] if f in TRAINING_LABELS or f in EVENT_KINDS]
-        refresh_stale_reviews(store, scorecard)
+        fresh_reviews()
+
+        def facets():
+            found = store.facets()
+            # Flag types are tags and the timing events a trainer can play; not call-level measures.
+            found["flag"] = [f for f in found["flag"] if f in TRAINING_LABELS or f in EVENT_KINDS]
+            return found
+
+        def rows():
+            calls = store.list_calls(**chosen, limit=LIST_LIMIT)
+            return calls, store.count_calls(**chosen), store.reviews([c.id for c in calls])
+
+        calls, total, reviewed = derived.get(("list", tuple(chosen.items())), rows)
         return templates.TemplateResponse(request, "review_list.html", dict(
-            calls=calls, total_calls=store.count_calls(**chosen), filters=filters, facets=facets,
-            reviewed=store.reviews([c.id for c in calls]), dimensions=scorecard.dimensions))
+            calls=calls, total_calls=total, filters=filters, facets=derived.get("facets", facets),
+            reviewed=reviewed, dimensions=scorecard.dimensions))
 
     @app.get("/calls/{call_id:path}", response_class=HTMLResponse)
     def call_page(request: Request):
@@ -230,8 +270,9 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
 
     @app.get("/rules", response_class=HTMLResponse)
     def rules_page(request: Request):
+        fresh_reviews()
         return templates.TemplateResponse(request, "review_rules.html",
-                                          dict(rows=rule_precision(store, scorecard)))
+                                          dict(rows=derived.get("rules", lambda: rule_precision(store, scorecard))))
 
     @app.get("/calibration", response_class=HTMLResponse)
     def calibration_page(request: Request):

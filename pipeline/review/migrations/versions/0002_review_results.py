@@ -3,7 +3,8 @@ verdicts grow: per-call reviewed score (`reviews`), per-call per-rule counts
 (`rule_reviews`), the distinct evidence items of each rule result
 (`rule_results.evidence_items`, backfilled from the stored calls) and the folder
 each call was read from (`calls.input_dir`, the review app's default audio root;
-backfilled where the recorded source path is absolute).
+backfilled where the recorded source path is absolute); indexes on
+`calls.scored_at` and `reviews.updated_at` make `Store.generation()` a lookup.
 
 Revision ID: 0002
 Revises: 0001
@@ -35,6 +36,8 @@ def upgrade() -> None:
         sa.Column("verdicts", sa.Integer, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.create_index("ix_reviews_updated_at", "reviews", ["updated_at"])
+    op.create_index("ix_calls_scored_at", "calls", ["scored_at"])
     op.create_table(
         "rule_reviews",
         sa.Column("call_id", sa.String, sa.ForeignKey("calls.id"), primary_key=True),
@@ -65,6 +68,7 @@ def _backfill() -> None:
 
 def downgrade() -> None:
     op.drop_table("rule_reviews")
+    op.drop_index("ix_calls_scored_at", "calls")
     op.drop_table("reviews")
     op.drop_column("rule_results", "evidence_items")
     op.drop_column("calls", "input_dir")
