@@ -8,7 +8,9 @@ fresh SQLite store through the real Store API, and gives every call verdicts
 sample and saved per call with `Store.save_review`, as the app does after a
 verdict). Then starts the real app (`callqa review` in a subprocess, uvicorn)
 and has `--clients` threads each request the list page and the precision page
-`--requests` times; prints p50 / p95 / max per page. `--store FILE` keeps the
+`--requests` times, while a reviewer posts a verdict every second (each one
+changes the store, so the pages are recomputed: this is the honest case);
+prints p50 / p95 / max per page. `--store FILE` keeps the
 built store there and reuses it when it exists (measure again without rebuilding).
 """
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -101,6 +104,29 @@ def measure(url: str, clients: int, requests: int) -> list[float]:
     return times
 
 
+def reviewer(base: str, store_path: Path, stop: threading.Event) -> int:
+    """Posts a verdict (confirm) on another call's flag every second until stopped."""
+    import json
+
+    store = Store(store_path)
+    posted = 0
+    for call_id in store.call_ids():
+        if stop.wait(1.0):
+            break
+        flag = next(iter(flags_of(store.get_call(call_id), [])), None)
+        if flag is None:
+            continue
+        body = json.dumps(dict(flag_key=flag.key, label=flag.label, turn_id=flag.turn_id, verdict="confirm"))
+        request = urllib.request.Request(f"{base}/verdicts/{urllib.parse.quote(call_id, safe='')}",
+                                         data=body.encode(), headers={"Content-Type": "application/json",
+                                                                      "Origin": base})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            assert response.status == 200
+        posted += 1
+    store.close()
+    return posted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=10_000)
@@ -118,10 +144,18 @@ def main() -> None:
             base = f"http://127.0.0.1:{args.port}"
             for name, page in [("calls list", "/"), ("calls list, filtered", "/?flag=interruption&week=2026-W47"),
                                ("rule precision", "/rules")]:
-                times = sorted(measure(base + page, args.clients, args.requests))
+                stop, posted = threading.Event(), []
+                writer = threading.Thread(target=lambda: posted.append(reviewer(base, store, stop)))
+                writer.start()
+                try:
+                    times = sorted(measure(base + page, args.clients, args.requests))
+                finally:
+                    stop.set()
+                    writer.join()
                 p50, p95 = statistics.median(times), times[int(0.95 * (len(times) - 1))]
-                print(f"{name} ({page}): {len(times)} requests from {args.clients} concurrent clients: "
-                      f"p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms, max {1000 * times[-1]:.0f} ms")
+                print(f"{name} ({page}): {len(times)} requests from {args.clients} concurrent clients while "
+                      f"{posted[0]} verdicts were posted: p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms, "
+                      f"max {1000 * times[-1]:.0f} ms")
         finally:
             app.terminate()
             app.wait(timeout=30)

@@ -262,11 +262,11 @@ def test_stored_review_results_go_stale_on_new_verdicts_and_rescoring(tmp_path, 
     store.save_review(ReviewSummary(call.id, "card", 88.0, "良好", 1, {"r1": (1, 1, 0)}))
     assert store.stale_reviews("card") == [] and store.stale_reviews("other card") == [call.id]
     assert store.reviews([call.id])[call.id].total == 88.0
-    assert store.rule_counts()["r1"][1:] == (1, 1, 0)
+    assert store.rule_reviewed()["r1"] == (1, 1, 0)
     # A result computed before the latest verdict is not stored (it would hide that verdict).
     store.record_verdict(call.id, "k", "rigid", "reject", turn_id=0, reason="wrong_tag")
     store.save_review(ReviewSummary(call.id, "card", 88.0, "良好", 1, {}))
     assert store.stale_reviews("card") == [call.id] and store.reviews([call.id]) == {}
     store.save_review(ReviewSummary(call.id, "card", 90.0, "优秀", 2, {}))
     store.save_call(call, sha, "cfg-2")  # re-scored: the result is recomputed from the new scores
-    assert store.stale_reviews("card") == [call.id] and "r1" not in store.rule_counts()
+    assert store.stale_reviews("card") == [call.id] and "r1" not in store.rule_reviewed()

@@ -488,14 +488,17 @@ class Store:
 
     # --- stored review results (see the `reviews` table) ---------------------
 
-    def generation(self) -> tuple:
-        """Changes whenever a call is saved, a verdict recorded or a review result stored:
-        readers may keep what they derived from the store until it changes. Index lookups only."""
-        query = sa.select(sa.select(sa.func.count()).select_from(calls).scalar_subquery(),
-                          sa.select(sa.func.max(calls.c.scored_at)).scalar_subquery(),
-                          sa.select(sa.func.max(verdicts.c.id)).scalar_subquery(),
-                          sa.select(sa.func.count()).select_from(reviews).scalar_subquery(),
-                          sa.select(sa.func.max(reviews.c.updated_at)).scalar_subquery())
+    def generation(self, calls_only: bool = False) -> tuple:
+        """Changes whenever a call is saved, a verdict recorded or a review result stored
+        (`calls_only`: whenever a call is saved): readers may keep what they derived from
+        the store until it changes. Index lookups only."""
+        parts = [sa.select(sa.func.count()).select_from(calls).scalar_subquery(),
+                 sa.select(sa.func.max(calls.c.scored_at)).scalar_subquery()]
+        if not calls_only:
+            parts += [sa.select(sa.func.max(verdicts.c.id)).scalar_subquery(),
+                      sa.select(sa.func.count()).select_from(reviews).scalar_subquery(),
+                      sa.select(sa.func.max(reviews.c.updated_at)).scalar_subquery()]
+        query = sa.select(*parts)
         with self.engine.connect() as conn:
             return tuple(conn.execute(query).one())
 
@@ -530,20 +533,20 @@ class Store:
             return {r["call_id"]: ReviewSummary(r["call_id"], r["scorecard"], r["total"], r["grade"],
                                                 r["verdicts"], {}) for r in rows}
 
-    def rule_counts(self) -> dict[str, tuple[int, int, int, int]]:
-        """rule_id -> (fired, reviewed, upheld, added) summed over every call: fired from
-        the machine's evidence, the rest from the stored review results."""
-        out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    def rule_fired(self) -> dict[str, int]:
+        """rule_id -> evidence items of its deductions and bonuses over every call."""
+        query = sa.select(rule_results.c.rule_id, sa.func.sum(rule_results.c.evidence_items)) \
+            .group_by(rule_results.c.rule_id)
         with self.engine.connect() as conn:
-            for rule, fired in conn.execute(sa.select(rule_results.c.rule_id, sa.func.sum(rule_results.c.evidence_items))
-                                            .group_by(rule_results.c.rule_id)):
-                out[rule][0] = int(fired or 0)
-            for rule, *sums in conn.execute(sa.select(rule_reviews.c.rule_id, sa.func.sum(rule_reviews.c.reviewed),
-                                                      sa.func.sum(rule_reviews.c.upheld),
-                                                      sa.func.sum(rule_reviews.c.added))
-                                            .group_by(rule_reviews.c.rule_id)):
-                out[rule][1:] = [int(x or 0) for x in sums]
-        return {rule: tuple(counts) for rule, counts in out.items()}
+            return {rule: int(fired or 0) for rule, fired in conn.execute(query)}
+
+    def rule_reviewed(self) -> dict[str, tuple[int, int, int]]:
+        """rule_id -> (reviewed, upheld, added) summed over the stored review results."""
+        query = sa.select(rule_reviews.c.rule_id, sa.func.sum(rule_reviews.c.reviewed),
+                          sa.func.sum(rule_reviews.c.upheld), sa.func.sum(rule_reviews.c.added)) \
+            .group_by(rule_reviews.c.rule_id)
+        with self.engine.connect() as conn:
+            return {rule: tuple(int(x or 0) for x in sums) for rule, *sums in conn.execute(query)}
 
     def input_dirs(self) -> list[Path]:
         """The folders the stored calls were read from, outermost only."""

@@ -190,12 +190,15 @@ def refresh_stale_reviews(store: Store, scorecard: Scorecard) -> int:
     return len(stale)
 
 
-def rule_precision(store: Store, scorecard: Scorecard) -> list[RulePrecision]:
-    """Per rule of the scorecard: fired over every stored call, and reviewed / upheld /
-    added from the stored review results (no call is re-scored here)."""
+def rule_precision(store: Store, scorecard: Scorecard, fired: dict[str, int] | None = None) -> list[RulePrecision]:
+    """Per rule of the scorecard: fired over every stored call (`fired`: Store.rule_fired(),
+    when the caller keeps it), and reviewed / upheld / added from the stored review
+    results (no call is re-scored here)."""
     refresh_stale_reviews(store, scorecard)
-    counts = store.rule_counts()
-    return [RulePrecision(r.id, r.description, *counts.get(r.id, (0, 0, 0, 0))) for r in scorecard.rules]
+    fired = store.rule_fired() if fired is None else fired
+    reviewed = store.rule_reviewed()
+    return [RulePrecision(r.id, r.description, fired.get(r.id, 0), *reviewed.get(r.id, (0, 0, 0)))
+            for r in scorecard.rules]
 
 
 # --- corrections as training data ------------------------------------------------

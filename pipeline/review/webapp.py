@@ -86,28 +86,34 @@ def url_id(call_id: str) -> str:
 
 class Derived:
     """Values derived from the store (list rows, facets, rule precision), kept until
-    `Store.generation()` says a call, verdict or review result changed; so 20 clients
-    reading the list do not repeat the same queries."""
+    `Store.generation()` says a call, verdict or review result changed (or, with
+    `calls_only`, a call was saved); so 20 clients reading the list do not repeat the
+    same queries."""
 
     MAX_KEYS = 256
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, calls_only: bool = False):
+        self.store, self.calls_only = store, calls_only
         self.lock = threading.Lock()
         self.generation: tuple | None = None
         self.values: dict = {}
+        self.computing: dict = {}
 
     def get(self, key, compute):
-        generation = self.store.generation()
+        generation = self.store.generation(self.calls_only)
         with self.lock:
             if generation != self.generation or len(self.values) > self.MAX_KEYS:
-                self.generation, self.values = generation, {}
-            if key in self.values:
-                return self.values[key]
-        value = compute()
-        with self.lock:
-            if self.generation == generation:
-                self.values[key] = value
+                self.generation, self.values, self.computing = generation, {}, {}
+            # One request computes a missing value; the others asking for it wait for it.
+            computing = self.computing.setdefault(key, threading.Lock())
+        with computing:
+            with self.lock:
+                if self.generation == generation and key in self.values:
+                    return self.values[key]
+            value = compute()
+            with self.lock:
+                if self.generation == generation:
+                    self.values[key] = value
         return value
 
 
@@ -131,6 +137,7 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
     templates = Jinja2Templates(directory=PACKAGE / "templates")
     templates.env.filters["urlid"] = url_id
     derived = Derived(store)
+    derived_from_calls = Derived(store, calls_only=True)  # unchanged by verdicts
 
     def fresh_reviews() -> None:
         derived.get("stale reviews refreshed", lambda: refresh_stale_reviews(store, scorecard))
@@ -198,10 +205,14 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
             calls = store.list_calls(**chosen, limit=LIST_LIMIT)
             return calls, store.count_calls(**chosen), store.reviews([c.id for c in calls])
 
-        calls, total, reviewed = derived.get(("list", tuple(chosen.items())), rows)
-        return templates.TemplateResponse(request, "review_list.html", dict(
-            calls=calls, total_calls=total, filters=filters, facets=derived.get("facets", facets),
-            reviewed=reviewed, dimensions=scorecard.dimensions))
+        def page():
+            calls, total, reviewed = rows()
+            return templates.get_template("review_list.html").render(
+                calls=calls, total_calls=total, filters=filters, facets=derived_from_calls.get("facets", facets),
+                reviewed=reviewed, dimensions=scorecard.dimensions)
+
+        # The page depends only on the filters and the store, so it is kept whole.
+        return HTMLResponse(derived.get(("list", tuple(chosen.items())), page))
 
     @app.get("/calls/{call_id:path}", response_class=HTMLResponse)
     def call_page(request: Request):
@@ -272,7 +283,8 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
     def rules_page(request: Request):
         fresh_reviews()
         return templates.TemplateResponse(request, "review_rules.html",
-                                          dict(rows=derived.get("rules", lambda: rule_precision(store, scorecard))))
+                                          dict(rows=derived.get("rules", lambda: rule_precision(
+                                              store, scorecard, derived_from_calls.get("fired", store.rule_fired)))))
 
     @app.get("/calibration", response_class=HTMLResponse)
     def calibration_page(request: Request):
