@@ -85,24 +85,33 @@ def _open_store(args: argparse.Namespace) -> Store:
 
 
 def review_command(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
     from pipeline.review.webapp import create_app, is_loopback
 
+    token = args.token or os.environ.get("CALLQA_REVIEW_TOKEN") or None
+    if not is_loopback(args.host) and not token:
+        print(f"callqa: --host {args.host} lets other machines in: give a shared token with --token or "
+              "CALLQA_REVIEW_TOKEN (and put a TLS reverse proxy with accounts in front; see docs/review.md)",
+              file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
         store = _open_store(args)
-        roots = args.audio_root or [Path.cwd()]
-        app = create_app(store, config, roots, Path(args.export_dir), host=args.host)
+        # By default audio is served only from the folders the scoring runs read.
+        roots = args.audio_root or store.input_dirs()
+        app = create_app(store, config, roots, Path(args.export_dir), host=args.host, token=token)
     except (ConfigError, ScorecardError, StoreError) as err:
         print(f"callqa: {err}", file=sys.stderr)
         return 2
     if not is_loopback(args.host):
-        print(f"callqa: warning: listening on {args.host}; anyone who can reach this machine can "
-              "read the calls and record verdicts", file=sys.stderr)
-    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
-    print(f"callqa review: http://{host}:{args.port}/ (store {store.url}; audio from "
-          f"{', '.join(map(str, roots))})")
+        print(f"callqa: warning: listening on {args.host}; anyone who can reach this machine and has the "
+              "token can read the calls and record verdicts", file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"callqa review: http://{shown}:{args.port}/{'?token=…' if token else ''} (store {store.name}; "
+          f"audio from {', '.join(map(str, roots)) or 'nowhere: no input folders recorded, pass --audio-root'})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -134,7 +143,7 @@ def clips_command(args: argparse.Namespace) -> int:
 
 def corrections_command(args: argparse.Namespace) -> int:
     from pipeline.review.privacy import load_privacy
-    from pipeline.review.verdicts import export_corrections
+    from pipeline.review.verdicts import ExportError, export_corrections
 
     try:
         store = _open_store(args)
@@ -142,7 +151,11 @@ def corrections_command(args: argparse.Namespace) -> int:
     except (ConfigError, StoreError) as err:
         print(f"callqa: {err}", file=sys.stderr)
         return 2
-    rows = export_corrections(store, Path(args.out), privacy)
+    try:
+        rows = export_corrections(store, Path(args.out), privacy)
+    except ExportError as err:
+        print(f"callqa: {err}", file=sys.stderr)
+        return 2
     print(f"{rows} reviewed utterance(s) written to {args.out}/ (datasets.load_from_disk; "
           f"also corrections.jsonl){'' if privacy else '; personal data NOT masked'}")
     return 0
@@ -226,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "this machine only)")
     review.add_argument("--port", type=int, default=8765)
     review.add_argument("--audio-root", action="append", type=Path,
-                        help="folder the audio files may be served from (repeatable; default: the current folder)")
+                        help="folder the audio files may be served from (repeatable; default: the folders "
+                        "the scored calls were read from)")
+    review.add_argument("--token", help="shared secret every request must carry (open the app once with "
+                        "?token=...); default: $CALLQA_REVIEW_TOKEN; required when --host is not loopback")
     review.add_argument("--export-dir", default="out/exports", help="where exported corrections go")
     review.set_defaults(run=review_command)
 
@@ -239,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     clips.set_defaults(run=clips_command)
 
     corrections = with_store("corrections", "export reviewer verdicts as a labelled `datasets` set")
-    corrections.add_argument("--out", required=True, help="folder for the dataset (datasets.load_from_disk)")
+    corrections.add_argument("--out", required=True, help="folder for the dataset (datasets.load_from_disk): new, "
+                             "empty, or an earlier export, which is replaced whole")
     corrections.add_argument("--no-mask", action="store_true", help="keep personal data in the text")
     corrections.set_defaults(run=corrections_command)
 

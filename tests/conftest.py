@@ -135,6 +135,7 @@ def free_port() -> int:
 def start_review_server(store_path: Path, audio_root: Path, *extra: str, port: int | None = None):
     """`callqa review` in a subprocess; returns (process, base URL) once it answers."""
     import sys
+    import urllib.error
     import urllib.request
 
     port = port or _free_port()
@@ -149,6 +150,8 @@ def start_review_server(store_path: Path, audio_root: Path, *extra: str, port: i
             raise RuntimeError(f"callqa review exited: {process.stdout.read()}")
         try:
             urllib.request.urlopen(url + "/", timeout=2)
+            return process, url
+        except urllib.error.HTTPError:  # it answered (e.g. 401 without the token)
             return process, url
         except OSError:
             time.sleep(0.3)

@@ -145,3 +145,39 @@ def test_call_report_plays_the_recording_from_a_flag(browser, scorer, tmp_path):
     page.click(f"#turn-{flagged.id} td.reasons .reason")
     current = page.evaluate("document.getElementById('player').currentTime")
     assert abs(current - flagged.start) < 0.3
+
+
+@pytest.mark.slow
+def test_odd_call_ids_open_and_take_verdicts_in_the_browser(browser, sample_calls, tmp_path):
+    """Ids with "/", "#", "?", "%", spaces and percent escapes: clicking each in the list
+    opens that call (not "AB" for "%41%42"), and a verdict given there lands on it."""
+    from pipeline.review.store import Store
+
+    odd_ids = ["team/1", "team_1", "a#1", "q?x=1&y=2", "100%", "with space", "%41%42", "AB", "日本/东京 #3"]
+    call = next(c for c, _ in sample_calls if c.id == CALL)
+    store_path = tmp_path / "odd.db"
+    store = Store(store_path)
+    for call_id in odd_ids:
+        store.save_call(call.model_copy(update={"id": call_id}), "sha", "cfg")
+    server, url = start_review_server(store_path, tmp_path)
+    try:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        for call_id in odd_ids:
+            page.goto(url + "/")
+            page.get_by_role("link", name=call_id, exact=True).click()
+            page.wait_for_selector("#flag-list")
+            assert page.inner_text("h1") == f"通话 {call_id}"
+            flag = page.locator("li.flag[data-label='interruption']").first
+            flag.click()
+            page.keyboard.press("c")
+            page.wait_for_function("document.querySelector('li.flag.current').classList.contains('judged-confirm')")
+        for call_id in odd_ids:
+            assert [v.verdict for v in store.verdicts(call_id)] == ["confirm"], call_id
+        page.goto(url + "/")  # the list shows each call's stored review result
+        assert page.locator("a.call-link").count() == len(odd_ids)
+        assert errors == []
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)

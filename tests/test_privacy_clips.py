@@ -112,3 +112,148 @@ def test_real_spoken_phone_numbers_masked_and_real_chat_left_alone(privacy):
     turns = [turn["text"] for line in open(REAL_DATA / "dialogues" / "jddc2019_sample.jsonl", encoding="utf-8")
              for turn in json.loads(line)["turns"]]
     assert sum(1 for t in turns if privacy.find(t)) <= 0.005 * len(turns)
+
+
+# --- the privacy corpus: every separator and numeral style, in text and in clip audio ---
+
+STYLES = {  # how a digit may be written or recognised
+    "ascii": "0123456789",
+    "full_width": "０１２３４５６７８９",
+    "spoken": "零一二三四五六七八九",
+    "spoken_yao_liang": "〇幺两三四五六七八九",
+    "financial": "零壹贰叁肆伍陆柒捌玖",
+}
+SEPARATORS = ["", " ", "  ", "，", "、", ".", "。", "-", "－", "—", "·", "/", "\u3000", ", ", " - "]
+NUMBERS = {  # kind -> (digits, how people read it in groups)
+    "phone": ("13812345678", (3, 4, 4)),
+    "bank_card": ("6222021234567890123", (4, 4, 4, 4, 3)),
+    "id_card": ("110101199003071234", (6, 8, 4)),
+    "landline": ("01062345678", (3, 8)),
+}
+
+
+def _written(digits: str, groups: tuple[int, ...], style: str, separator: str, mixed: bool = False) -> str:
+    """The number in one digit style (or alternating styles digit by digit), its groups joined by `separator`."""
+    styles = list(STYLES.values())
+    chars = [(styles[i % len(styles)] if mixed else STYLES[style])[int(d)] for i, d in enumerate(digits)]
+    out, at = [], 0
+    for size in groups:
+        out.append("".join(chars[at:at + size]))
+        at += size
+    return separator.join(out)
+
+
+CORPUS = [(kind, style, sep, _written(digits, groups, style, sep))
+          for kind, (digits, groups) in NUMBERS.items() for style in STYLES for sep in SEPARATORS]
+CORPUS += [(kind, "mixed", sep, _written(digits, groups, "", sep, mixed=True))
+           for kind, (digits, groups) in NUMBERS.items() for sep in SEPARATORS]
+CORPUS += [("id_card", "x", sep, "110101 19900307 123" + x) for sep in ("", " ") for x in "Xx叉"]
+
+
+@pytest.mark.parametrize("kind, style, separator, number", CORPUS,
+                         ids=[f"{k}-{s}-{ascii(sep)}" for k, s, sep, _ in CORPUS])
+def test_privacy_corpus_text_is_masked_raw_and_normalised(privacy, kind, style, separator, number):
+    from pipeline.normalize import normalize_text
+
+    digit_chars = set(privacy.numbers.digit_of)
+    raw = f"好的我的号码是{number}您记好"
+    # Raw text: exactly the number is masked, separators between its groups included.
+    assert privacy.mask(raw) == f"好的我的号码是{'*' * len(number)}您记好"
+    # Normalised text (as every reader stores it): no digit of any style is left.
+    masked = privacy.mask(normalize_text(raw))
+    assert not digit_chars & set(masked), masked
+
+
+@pytest.mark.parametrize("text", [
+    "退款三百块", "两点半到", "2026年11月16日", "十一月十六号下午三点", "2026-11-16 14:30", "12345.50元",
+    "一共1,280,000元", "一两天", "第三四五个", "拨打400-820-8820咨询", "800 820 8820", "订单金额是299。谢谢",
+    "我要二三十个", "123456就行", "一二三四五六就行"])
+def test_privacy_corpus_amounts_dates_and_times_are_kept(privacy, text):
+    from pipeline.normalize import normalize_text
+
+    assert privacy.mask(text) == text
+    assert privacy.mask(normalize_text(text)) == normalize_text(text)
+
+
+# One form per separator and style, spoken as ASR gives it: one word per group.
+AUDIO_CASES = [("phone", "spoken", " "), ("phone", "ascii", "，"), ("phone", "ascii", "、"), ("phone", "ascii", "."),
+               ("phone", "spoken", "。"), ("phone", "ascii", "-"), ("bank_card", "financial", " "),
+               ("id_card", "spoken_yao_liang", "，"), ("phone", "full_width", "·"), ("landline", "spoken", "/")]
+
+
+def test_privacy_corpus_clip_audio_is_silent_over_every_number(tmp_path, config):
+    """A call whose customer reads a number in each style, one word per group (and a turn
+    with no word times): in the exported clip every masked word is digital silence and
+    the speech around it is not."""
+    from pipeline.config import config_path
+    from pipeline.model import AudioInfo, Call, Tag
+    from pipeline.normalize import normalize_text
+    from pipeline.scorecard import load_scorecard, score_call
+    from tests.conftest import write_call_audio
+
+    privacy = load_privacy(config)
+    rate, turns, number_words = 8000, [Turn(id=0, role="agent", text="这是公司规定，没办法", start=0.0, end=2.0)], []
+    clock = 2.5
+    for kind, style, separator in AUDIO_CASES:
+        digits, groups = NUMBERS[kind]
+        pieces = _written(digits, groups, style, separator).split(separator)
+        words = [Word(text="我的号码是", start=clock, end=clock + 1.0)]
+        for piece in pieces:
+            words.append(Word(text=piece, start=words[-1].end + 0.3, end=words[-1].end + 0.3 + 0.12 * len(piece)))
+            number_words.append(words[-1])
+        words.append(Word(text="您记好", start=words[-1].end + 0.5, end=words[-1].end + 1.5))
+        text = normalize_text("我的号码是" + separator.join(pieces) + " 您记好")
+        turns.append(Turn(id=len(turns), role="customer", text=text, start=clock, end=words[-1].end, words=words))
+        clock = words[-1].end + 1.0
+    # No word times: silenced in proportion to the characters' place in the turn.
+    plain = normalize_text("号码一三八 一二三四 五六七八")
+    turns.append(Turn(id=len(turns), role="customer", text=plain, start=clock, end=clock + len(plain) * 0.25))
+    call = Call(id="privacy/corpus", turns=turns,
+                tags=[Tag(label="rigid", turn_id=0, char_start=0, char_end=6, text="这是公司规定", source="test")])
+    call.audio = AudioInfo(path=str(write_call_audio(call, tmp_path / "corpus.wav", rate)), sample_rate=rate)
+    score_call(call, load_scorecard(config_path(config, config["scorecard"])))
+    store = Store(tmp_path / "callqa.db")
+    store.save_call(call, "sha", "cfg")
+
+    [row], skipped = export_clips(store, store.list_calls(), tmp_path / "clips", padding=clock + 60, privacy=privacy)
+    assert not skipped and row.clip_start == 0
+    for turn in turns[1:]:
+        line = row.transcript.split("\n")[turn.id].split(": ", 1)[1]  # after "[mm:ss] 客户: "
+        assert not set(privacy.numbers.digit_of) & set(line), line
+    samples, _ = sf.read(tmp_path / "clips" / row.file)
+    original, _ = sf.read(call.audio.path)
+
+    def part(audio, start, end):
+        return audio[int(start * rate):int(end * rate)]
+
+    for word in number_words:  # every group of digits is silent
+        assert np.abs(part(samples, word.start, word.end)).max() == 0, word
+        assert np.abs(part(original, word.start, word.end)).max() > 0.1
+    for turn in turns[1:-1]:  # the words around the number are not
+        first, last = turn.words[0], turn.words[-1]
+        assert np.abs(part(samples, first.start, first.end - privacy.silence_pad - 0.01)).max() > 0.1
+        assert np.abs(part(samples, last.start + privacy.silence_pad + 0.01, last.end)).max() > 0.1
+    last = turns[-1]
+    at, end = plain.index("一"), len(plain)
+    share = (last.end - last.start) / len(plain)
+    assert np.abs(part(samples, last.start + at * share, last.start + end * share)).max() == 0
+    assert np.abs(part(samples, last.start, last.start + at * share - privacy.silence_pad - 0.01)).max() > 0.1
+
+
+def test_clips_of_ids_that_share_a_file_name_do_not_overwrite_each_other(tmp_path, config):
+    from pipeline.config import config_path
+    from pipeline.model import AudioInfo, Call, Tag
+    from pipeline.scorecard import load_scorecard, score_call
+    from tests.conftest import write_call_audio
+
+    store = Store(tmp_path / "callqa.db")
+    scorecard = load_scorecard(config_path(config, config["scorecard"]))
+    for tone, call_id in enumerate(["team/1", "team_1"]):
+        turns = [Turn(id=0, role="agent", text="这是公司规定", start=0.0, end=1.0 + tone)]
+        call = Call(id=call_id, turns=turns, tags=[Tag(label="rigid", turn_id=0, char_start=0, char_end=6,
+                                                        text="这是公司规定", source="test")])
+        call.audio = AudioInfo(path=str(write_call_audio(call, tmp_path / f"{tone}.wav")))
+        store.save_call(score_call(call, scorecard), "sha", "cfg")
+    rows, _ = export_clips(store, store.list_calls(), tmp_path / "clips", padding=0.5, privacy=None)
+    assert len({r.file for r in rows}) == 2
+    assert len(list((tmp_path / "clips").glob("*.wav"))) == 2

@@ -135,3 +135,56 @@ def test_calibration_against_imported_human_scores(store, tmp_path, scorer):
     bad.write_text("call_id,total\nx,great\n", encoding="utf-8")
     with pytest.raises(ReadError, match=r"bad.csv:2: total is not a number"):
         read_human_scores(bad, scorer.scorecard)
+
+
+def test_stored_rule_precision_equals_a_full_recount(store, scorer):
+    """rule_precision reads stored per-call counts; they must equal re-scoring every
+    reviewed call from its verdicts (what the app used to do per request)."""
+    from collections import Counter
+
+    from pipeline.review.verdicts import review_summary
+
+    for call_id in store.call_ids()[:8]:
+        call = store.get_call(call_id)
+        for i, flag in enumerate(f for f in flags_of(call, []) if f.kind in ("tag", "event")):
+            store.record_verdict(call_id, flag.key, flag.label, "reject" if i % 2 else "confirm",
+                                 turn_id=flag.turn_id, reason="wrong_tag" if i % 2 else None)
+    rows = {r.rule_id: r for r in rule_precision(store, scorer.scorecard)}
+    recount = Counter()
+    for call_id in store.call_ids():
+        verdicts = store.verdicts(call_id)
+        if verdicts:
+            for rule, (reviewed, upheld, added) in review_summary(store.get_call(call_id), verdicts,
+                                                                  scorer.scorecard).rules.items():
+                recount[rule, "reviewed"] += reviewed
+                recount[rule, "upheld"] += upheld
+                recount[rule, "added"] += added
+    assert sum(r.reviewed for r in rows.values()) > 0
+    for rule_id, row in rows.items():
+        assert (row.reviewed, row.upheld, row.added) == \
+            (recount[rule_id, "reviewed"], recount[rule_id, "upheld"], recount[rule_id, "added"])
+    reviewed = store.reviews(store.call_ids())
+    assert len(reviewed) == 8 and all(r.total is not None for r in reviewed.values())
+
+
+def test_corrections_export_is_atomic_and_never_merges_into_other_files(store, tmp_path):
+    call = store.get_call("telecom_bad_interrupt_01")
+    flag = next(f for f in flags_of(call, []) if f.label == "backchannel")
+    store.record_verdict(call.id, flag.key, flag.label, "reject", turn_id=flag.turn_id, reason="wrong_tag")
+    out = tmp_path / "corr"
+    assert export_corrections(store, out, None) == 1
+    first = (out / "corrections.jsonl").read_text(encoding="utf-8")
+    # An earlier export is replaced whole; no temporary files are left beside it.
+    store.record_verdict(call.id, added_key("proactive", 0), "proactive", "add", turn_id=0)
+    assert export_corrections(store, out, None) == 2
+    assert set(first.splitlines()) < set((out / "corrections.jsonl").read_text(encoding="utf-8").splitlines())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # A folder with other files is refused, and left as it was.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me", encoding="utf-8")
+    from pipeline.review.verdicts import ExportError
+
+    with pytest.raises(ExportError, match=r"notes: folder holds other files \(todo.txt"):
+        export_corrections(store, other, None)
+    assert [p.name for p in other.iterdir()] == ["todo.txt"]

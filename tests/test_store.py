@@ -98,7 +98,7 @@ def test_migrations_create_exactly_the_declared_schema(store_url):
     from alembic.migration import MigrationContext
 
     store = Store(store_url)
-    assert store.schema_version() == "0001"
+    assert store.schema_version() == "0002"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     Store(store_url).close()  # reopening an up-to-date store changes nothing
@@ -205,4 +205,68 @@ def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path):
                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=120) for p in openers]
     assert [p.returncode for p in openers] == [0, 0, 0], [err[-300:] for _, err in results]
-    assert [out.strip() for out, _ in results] == ["0001"] * 3
+    assert [out.strip() for out, _ in results] == ["0002"] * 3
+
+
+def test_upgrading_a_0001_store_backfills_the_review_columns(tmp_path, sample_calls):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from pipeline.review.store import MIGRATIONS_DIR, evidence_items
+
+    path = tmp_path / "old.db"
+    store = Store(path)
+    call, sha = next((c, s) for c, s in sample_calls if c.id == "telecom_bad_interrupt_01")
+    call = call.model_copy(update={"source": str(tmp_path / "week" / "call.json")})
+    store.save_call(call, sha, "cfg")
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with store._writer.begin() as conn:  # back to the schema of the previous release
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+    store.close()
+    store = Store(path)
+    assert store.schema_version() == "0002"
+    expected = {r.rule_id: len(evidence_items(r)) for d in call.scores.dimensions.values() for r in d.results}
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT rule_id, evidence_items FROM rule_results")).all())
+    assert stored == expected and sum(expected.values()) > 0
+    assert store.input_dirs() == [tmp_path / "week"]
+    store.close()
+
+
+def test_a_database_without_a_version_table_is_refused_clearly(tmp_path, capsys):
+    import sqlite3
+
+    from pipeline.cli import main
+
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE calls (id TEXT)")
+    with pytest.raises(StoreError, match=r"other.db: this database has tables \(calls\) but no callqa schema version"):
+        Store(path)
+    assert main(["clips", "--store", str(path), "--out", str(tmp_path / "clips")]) == 2
+    err = capsys.readouterr().err
+    assert "no callqa schema version" in err and "SELECT" not in err and "Traceback" not in err
+
+
+def test_stored_review_results_go_stale_on_new_verdicts_and_rescoring(tmp_path, sample_calls):
+    from pipeline.review.store import ReviewSummary
+
+    store = Store(tmp_path / "callqa.db")
+    call, sha = sample_calls[0]
+    store.save_call(call, sha, "cfg")
+    assert store.stale_reviews("card") == []
+    store.record_verdict(call.id, "k", "rigid", "confirm", turn_id=0)
+    assert store.stale_reviews("card") == [call.id]
+    store.save_review(ReviewSummary(call.id, "card", 88.0, "良好", 1, {"r1": (1, 1, 0)}))
+    assert store.stale_reviews("card") == [] and store.stale_reviews("other card") == [call.id]
+    assert store.reviews([call.id])[call.id].total == 88.0
+    assert store.rule_reviewed()["r1"] == (1, 1, 0)
+    # A result computed before the latest verdict is not stored (it would hide that verdict).
+    store.record_verdict(call.id, "k", "rigid", "reject", turn_id=0, reason="wrong_tag")
+    store.save_review(ReviewSummary(call.id, "card", 88.0, "良好", 1, {}))
+    assert store.stale_reviews("card") == [call.id] and store.reviews([call.id]) == {}
+    store.save_review(ReviewSummary(call.id, "card", 90.0, "优秀", 2, {}))
+    store.save_call(call, sha, "cfg-2")  # re-scored: the result is recomputed from the new scores
+    assert store.stale_reviews("card") == [call.id] and "r1" not in store.rule_reviewed()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ calls = sa.Table(
     sa.Column("week", sa.String, index=True),  # ISO week of `date`, e.g. 2026-W47
     sa.Column("industry", sa.String),
     sa.Column("audio_path", sa.Text),
+    sa.Column("input_dir", sa.Text),  # absolute folder of the file the call was read from
     sa.Column("input_sha256", sa.String(64), nullable=False),
     sa.Column("config_version", sa.String, nullable=False),
     sa.Column("model_versions", sa.JSON, nullable=False),
@@ -61,7 +63,7 @@ calls = sa.Table(
     sa.Column("total", sa.Float),
     sa.Column("grade", sa.String, index=True),
     sa.Column("critical_failed", sa.Boolean, nullable=False, default=False),
-    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("call_json", sa.Text, nullable=False),
 )
 
@@ -124,6 +126,8 @@ rule_results = sa.Table(
     sa.Column("points", sa.Float, nullable=False),
     sa.Column("severity", sa.String, nullable=False),
     sa.Column("description", sa.Text),
+    # Distinct evidence items of a deduction or bonus: what rule precision counts as "fired".
+    sa.Column("evidence_items", sa.Integer, nullable=False, default=0),
 )
 
 evidence = sa.Table(
@@ -154,6 +158,30 @@ verdicts = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# What the review app's list and rule-precision pages need from the verdicts, kept
+# per call so they need not re-score reviewed calls on every request: the
+# human-reviewed score and, per rule, evidence items reviewed / upheld / added.
+# Written by pipeline.review.verdicts.refresh_review; a new verdict or a re-scored
+# call deletes the call's rows (stale), and the app recomputes stale calls.
+reviews = sa.Table(
+    "reviews", metadata,
+    sa.Column("call_id", sa.String, sa.ForeignKey("calls.id"), primary_key=True),
+    sa.Column("scorecard", sa.String, nullable=False),  # the scorecard the reviewed score used
+    sa.Column("total", sa.Float),
+    sa.Column("grade", sa.String),
+    sa.Column("verdicts", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+rule_reviews = sa.Table(
+    "rule_reviews", metadata,
+    sa.Column("call_id", sa.String, sa.ForeignKey("calls.id"), primary_key=True),
+    sa.Column("rule_id", sa.String, primary_key=True),
+    sa.Column("reviewed", sa.Integer, nullable=False),
+    sa.Column("upheld", sa.Integer, nullable=False),
+    sa.Column("added", sa.Integer, nullable=False),
+)
+
 human_scores = sa.Table(
     "human_scores", metadata,
     sa.Column("call_id", sa.String, primary_key=True),  # may precede the machine score
@@ -163,7 +191,8 @@ human_scores = sa.Table(
     sa.Column("imported_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-_CHILD_TABLES = (evidence, rule_results, dimension_scores, tags, events, turns)
+_REVIEW_TABLES = (rule_reviews, reviews)
+_CHILD_TABLES = _REVIEW_TABLES + (evidence, rule_results, dimension_scores, tags, events, turns)
 
 
 class StoreError(RuntimeError):
@@ -183,6 +212,17 @@ class CallSummary:
     critical_failed: bool
     has_audio: bool
     dimensions: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class ReviewSummary:
+    """The stored result of a call's verdicts (see `reviews` / `rule_reviews`)."""
+    call_id: str
+    scorecard: str
+    total: float | None
+    grade: str | None
+    verdicts: int
+    rules: dict[str, tuple[int, int, int]]  # rule_id -> (reviewed, upheld, added)
 
 
 @dataclass
@@ -251,6 +291,8 @@ def _sqlite_engine(url: str) -> sa.Engine:
 class Store:
     def __init__(self, url_or_path: str | Path):
         self.url = database_url(url_or_path)
+        self.name = str(url_or_path) if "://" not in str(url_or_path) else \
+            sa.engine.make_url(self.url).render_as_string(hide_password=True)
         try:
             if self.url.startswith("sqlite"):
                 self.engine = _sqlite_engine(self.url)
@@ -259,9 +301,9 @@ class Store:
             self._writer = self.engine.execution_options(write=True)
             self.migrate()
         except sa.exc.SQLAlchemyError as err:
-            raise StoreError(f"{url_or_path}: cannot open the results store: {err}") from None
+            raise StoreError(f"{self.name}: cannot open the results store: {err}") from None
         except CommandError as err:  # e.g. a schema version from a newer callqa
-            raise StoreError(f"{url_or_path}: cannot upgrade the results store schema: {err}") from None
+            raise StoreError(f"{self.name}: cannot upgrade the results store schema: {err}") from None
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -277,12 +319,22 @@ class Store:
             if conn.dialect.name == "postgresql":
                 # Two processes opening a fresh database must not both create it.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4711)")
+            self._check_not_foreign(conn)
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
     def schema_version(self) -> str | None:
         with self.engine.connect() as conn:
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+    def _check_not_foreign(self, conn: sa.Connection) -> None:
+        """A database with tables but no schema version was not made by callqa (or
+        lost its version table): refuse it rather than fail on SQL halfway."""
+        names = set(sa.inspect(conn).get_table_names())
+        if names and "alembic_version" not in names:
+            raise StoreError(f"{self.name}: this database has tables ({', '.join(sorted(names)[:5])}) but no "
+                             "callqa schema version (alembic_version table); it is not a callqa results "
+                             "store, or its version table was removed. Use a new store file, or restore it.")
 
     # --- calls ------------------------------------------------------------
 
@@ -298,6 +350,7 @@ class Store:
             id=call.id, source=call.source, agent_id=call.agent_id, team=call.team, date=call.date,
             week=iso_week(call.date), industry=call.industry,
             audio_path=call.audio.path if call.audio else None,
+            input_dir=str(Path(call.source).resolve().parent) if call.source else None,
             input_sha256=input_sha256, config_version=config_version,
             model_versions=dict(call.versions), scorecard=call.scores.scorecard,
             total=call.scores.total, grade=call.scores.grade,
@@ -342,11 +395,8 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(calls.c.id).order_by(calls.c.id)).scalars())
 
-    def list_calls(self, week: str | None = None, agent: str | None = None, grade: str | None = None,
-                   dimension: str | None = None, flag: str | None = None) -> list[CallSummary]:
-        """Calls matching every filter given. `dimension`: calls with a deduction in that
-        dimension; `flag`: calls with a tag of that label or an event of that kind."""
-        query = sa.select(calls).order_by(calls.c.date.desc(), calls.c.id)
+    def _filtered(self, query: sa.Select, week: str | None, agent: str | None, grade: str | None,
+                  dimension: str | None, flag: str | None) -> sa.Select:
         if week:
             query = query.where(calls.c.week == week)
         if agent:
@@ -361,6 +411,26 @@ class Store:
             query = query.where(sa.or_(
                 calls.c.id.in_(sa.select(tags.c.call_id).where(tags.c.label == flag)),
                 calls.c.id.in_(sa.select(events.c.call_id).where(events.c.kind == flag))))
+        return query
+
+    def count_calls(self, week: str | None = None, agent: str | None = None, grade: str | None = None,
+                    dimension: str | None = None, flag: str | None = None) -> int:
+        query = self._filtered(sa.select(sa.func.count()).select_from(calls), week, agent, grade, dimension, flag)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def list_calls(self, week: str | None = None, agent: str | None = None, grade: str | None = None,
+                   dimension: str | None = None, flag: str | None = None,
+                   limit: int | None = None) -> list[CallSummary]:
+        """Calls matching every filter given, newest first (the first `limit` of them).
+        `dimension`: calls with a deduction in that dimension; `flag`: calls with a tag
+        of that label or an event of that kind."""
+        columns = [calls.c[name] for name in ("id", "source", "agent_id", "team", "date", "week", "total", "grade",
+                                              "critical_failed", "audio_path")]
+        query = self._filtered(sa.select(*columns).order_by(calls.c.date.desc(), calls.c.id),
+                               week, agent, grade, dimension, flag)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
             ids = [r["id"] for r in rows]
@@ -400,6 +470,7 @@ class Store:
             result = conn.execute(verdicts.insert().values(
                 call_id=call_id, flag_key=flag_key, label=label, turn_id=turn_id, verdict=verdict,
                 reason=reason, note=note, reviewer=reviewer, created_at=_now()))
+            _delete_review(conn, call_id)  # stale until pipeline.review.verdicts.refresh_review
             return result.inserted_primary_key[0]
 
     def verdicts(self, call_id: str | None = None) -> list[Verdict]:
@@ -409,6 +480,83 @@ class Store:
             query = query.where(verdicts.c.call_id == call_id)
         with self.engine.connect() as conn:
             return [Verdict(**row) for row in conn.execute(query).mappings()]
+
+    def verdict_count(self, call_id: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(verdicts)
+                                .where(verdicts.c.call_id == call_id)).scalar()
+
+    # --- stored review results (see the `reviews` table) ---------------------
+
+    def generation(self, calls_only: bool = False) -> tuple:
+        """Changes whenever a call is saved, a verdict recorded or a review result stored
+        (`calls_only`: whenever a call is saved): readers may keep what they derived from
+        the store until it changes. Index lookups only."""
+        parts = [sa.select(sa.func.count()).select_from(calls).scalar_subquery(),
+                 sa.select(sa.func.max(calls.c.scored_at)).scalar_subquery()]
+        if not calls_only:
+            parts += [sa.select(sa.func.max(verdicts.c.id)).scalar_subquery(),
+                      sa.select(sa.func.count()).select_from(reviews).scalar_subquery(),
+                      sa.select(sa.func.max(reviews.c.updated_at)).scalar_subquery()]
+        query = sa.select(*parts)
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(query).one())
+
+    def save_review(self, summary: ReviewSummary) -> None:
+        """Replace the stored review result of one call, unless a verdict came in since
+        it was computed (then it stays stale and is computed again)."""
+        with self._writer.begin() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(verdicts)
+                            .where(verdicts.c.call_id == summary.call_id)).scalar() != summary.verdicts:
+                return
+            _delete_review(conn, summary.call_id)
+            conn.execute(reviews.insert().values(
+                call_id=summary.call_id, scorecard=summary.scorecard, total=summary.total, grade=summary.grade,
+                verdicts=summary.verdicts, updated_at=_now()))
+            if summary.rules:
+                conn.execute(rule_reviews.insert(), [
+                    dict(call_id=summary.call_id, rule_id=rule, reviewed=r, upheld=u, added=a)
+                    for rule, (r, u, a) in summary.rules.items()])
+
+    def stale_reviews(self, scorecard: str) -> list[str]:
+        """Calls with verdicts whose stored review result is missing or from another scorecard."""
+        current = sa.select(reviews.c.call_id).where(reviews.c.scorecard == scorecard)
+        query = (sa.select(verdicts.c.call_id).distinct().where(verdicts.c.call_id.not_in(current))
+                 .where(verdicts.c.call_id.in_(sa.select(calls.c.id))))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def reviews(self, call_ids: list[str]) -> dict[str, ReviewSummary]:
+        """The stored review results of these calls (those that have one); rules not loaded."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(reviews).where(reviews.c.call_id.in_(call_ids))).mappings()
+            return {r["call_id"]: ReviewSummary(r["call_id"], r["scorecard"], r["total"], r["grade"],
+                                                r["verdicts"], {}) for r in rows}
+
+    def rule_fired(self) -> dict[str, int]:
+        """rule_id -> evidence items of its deductions and bonuses over every call."""
+        query = sa.select(rule_results.c.rule_id, sa.func.sum(rule_results.c.evidence_items)) \
+            .group_by(rule_results.c.rule_id)
+        with self.engine.connect() as conn:
+            return {rule: int(fired or 0) for rule, fired in conn.execute(query)}
+
+    def rule_reviewed(self) -> dict[str, tuple[int, int, int]]:
+        """rule_id -> (reviewed, upheld, added) summed over the stored review results."""
+        query = sa.select(rule_reviews.c.rule_id, sa.func.sum(rule_reviews.c.reviewed),
+                          sa.func.sum(rule_reviews.c.upheld), sa.func.sum(rule_reviews.c.added)) \
+            .group_by(rule_reviews.c.rule_id)
+        with self.engine.connect() as conn:
+            return {rule: tuple(int(x or 0) for x in sums) for rule, *sums in conn.execute(query)}
+
+    def input_dirs(self) -> list[Path]:
+        """The folders the stored calls were read from, outermost only."""
+        with self.engine.connect() as conn:
+            found = sorted({Path(d) for d in conn.execute(sa.select(calls.c.input_dir).distinct()).scalars() if d})
+        outer: list[Path] = []
+        for folder in found:  # sorted, so a parent comes before its subfolders
+            if not any(folder.is_relative_to(o) for o in outer):
+                outer.append(folder)
+        return outer
 
     # --- calibration --------------------------------------------------------
 
@@ -433,6 +581,18 @@ class Store:
         return out
 
 
+def _delete_review(conn: sa.Connection, call_id: str) -> None:
+    for table in _REVIEW_TABLES:
+        conn.execute(table.delete().where(table.c.call_id == call_id))
+
+
+def evidence_items(result) -> set[tuple]:
+    """The distinct evidence items (turns, text) of a deduction or bonus; none otherwise."""
+    if result.status not in ("deduct", "bonus"):
+        return set()
+    return {(tuple(ev.turn_ids), ev.text) for ev in result.evidence}
+
+
 def _child_rows(call: Call) -> dict[sa.Table, list[dict]]:
     results = [r for d in call.scores.dimensions.values() for r in d.results]
     return {
@@ -447,7 +607,8 @@ def _child_rows(call: Call) -> dict[sa.Table, list[dict]]:
         dimension_scores: [dict(call_id=call.id, dimension=d.name, label=d.label, score=d.score,
                                 applicable=d.applicable) for d in call.scores.dimensions.values()],
         rule_results: [dict(call_id=call.id, rule_id=r.rule_id, dimension=r.dimension, status=r.status,
-                            points=r.points, severity=r.severity, description=r.description)
+                            points=r.points, severity=r.severity, description=r.description,
+                            evidence_items=len(evidence_items(r)))
                        for r in results],
         evidence: [dict(call_id=call.id, rule_id=r.rule_id, turn_ids=list(e.turn_ids), speaker=e.speaker,
                         start_s=e.start, end_s=e.end, text=e.text, note=e.note)

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import tempfile
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from pipeline.review.privacy import Privacy
 from pipeline.readers import ReadError, decode_text
 from pipeline.report import BAD_TAGS, EVENT_KINDS
 from pipeline.scorecard import Scorecard, score_call
-from pipeline.review.store import Store, Verdict
+from pipeline.review.store import ReviewSummary, Store, Verdict, evidence_items
 from pipeline.taggers.base import sentiment_of
 
 TRAINING_LABELS = AGENT_TAGS + ("sentiment.negative", "sentiment.positive")
@@ -150,34 +153,52 @@ def _evidence_items(scores: Scores) -> dict[str, set[tuple]]:
     items: dict[str, set[tuple]] = defaultdict(set)
     for dim in scores.dimensions.values():
         for result in dim.results:
-            if result.status in ("deduct", "bonus"):
-                for ev in result.evidence:
-                    items[result.rule_id].add((tuple(ev.turn_ids), ev.text))
+            items[result.rule_id] |= evidence_items(result)
     return items
 
 
-def rule_precision(store: Store, scorecard: Scorecard) -> list[RulePrecision]:
-    by_call: dict[str, list[Verdict]] = defaultdict(list)
-    for verdict in store.verdicts():
-        by_call[verdict.call_id].append(verdict)
-    rows = {r.id: RulePrecision(r.id, r.description, 0, 0, 0, 0) for r in scorecard.rules}
-    for call_id in store.call_ids():
-        call = store.get_call(call_id)
-        machine = _evidence_items(call.scores)
-        for rule_id, items in machine.items():
-            if rule_id in rows:
-                rows[rule_id].fired += len(items)
-        verdicts = by_call.get(call_id)
-        if not verdicts:
-            continue
-        judged_turns = {v.turn_id for v in verdicts if v.verdict in ("confirm", "reject")}
-        human = _evidence_items(human_scores(call, verdicts, scorecard))
-        for rule_id, row in rows.items():
-            reviewed = {item for item in machine.get(rule_id, ()) if judged_turns & set(item[0])}
-            row.reviewed += len(reviewed)
-            row.upheld += len(reviewed & human.get(rule_id, set()))
-            row.added += len(human.get(rule_id, set()) - machine.get(rule_id, set()))
-    return list(rows.values())
+def review_summary(call: Call, verdicts: list[Verdict], scorecard: Scorecard,
+                   human: Scores | None = None) -> ReviewSummary:
+    """What the list and rule-precision pages need from one call's verdicts (`human`:
+    their reviewed scores when the caller has them already)."""
+    human = human or human_scores(call, verdicts, scorecard)
+    machine, reviewed_items = _evidence_items(call.scores), _evidence_items(human)
+    judged_turns = {v.turn_id for v in verdicts if v.verdict in ("confirm", "reject")}
+    rules = {}
+    for rule_id in set(machine) | set(reviewed_items):
+        reviewed = {item for item in machine.get(rule_id, ()) if judged_turns & set(item[0])}
+        counts = (len(reviewed), len(reviewed & reviewed_items.get(rule_id, set())),
+                  len(reviewed_items.get(rule_id, set()) - machine.get(rule_id, set())))
+        if any(counts):
+            rules[rule_id] = counts
+    return ReviewSummary(call.id, scorecard.label, human.total, human.grade, len(verdicts), rules)
+
+
+def refresh_review(store: Store, call_id: str, scorecard: Scorecard) -> None:
+    """Compute and store one call's review result (after a verdict, or when stale)."""
+    verdicts = store.verdicts(call_id)
+    if verdicts:
+        store.save_review(review_summary(store.get_call(call_id), verdicts, scorecard))
+
+
+def refresh_stale_reviews(store: Store, scorecard: Scorecard) -> int:
+    """Recompute the review results a re-scored call, a verdict from outside the app or
+    a changed scorecard left stale; usually none, so this is one query."""
+    stale = store.stale_reviews(scorecard.label)
+    for call_id in stale:
+        refresh_review(store, call_id, scorecard)
+    return len(stale)
+
+
+def rule_precision(store: Store, scorecard: Scorecard, fired: dict[str, int] | None = None) -> list[RulePrecision]:
+    """Per rule of the scorecard: fired over every stored call (`fired`: Store.rule_fired(),
+    when the caller keeps it), and reviewed / upheld / added from the stored review
+    results (no call is re-scored here)."""
+    refresh_stale_reviews(store, scorecard)
+    fired = store.rule_fired() if fired is None else fired
+    reviewed = store.rule_reviewed()
+    return [RulePrecision(r.id, r.description, fired.get(r.id, 0), *reviewed.get(r.id, (0, 0, 0)))
+            for r in scorecard.rules]
 
 
 # --- corrections as training data ------------------------------------------------
@@ -212,19 +233,48 @@ def correction_rows(store: Store, privacy: Privacy | None) -> list[dict]:
     return rows
 
 
+class ExportError(ValueError):
+    pass
+
+
 def export_corrections(store: Store, out_dir: Path, privacy: Privacy | None) -> int:
     """Write the corrections as a `datasets` dataset (datasets.load_from_disk(out_dir)),
-    plus the same rows as out_dir/corrections.jsonl. Returns the number of rows."""
+    plus the same rows as out_dir/corrections.jsonl. Returns the number of rows.
+
+    `out_dir` must be new, empty, or an earlier corrections export (which is replaced
+    whole): an export is never merged into a folder holding other files. The dataset
+    is written beside it and swapped in, and corrections.jsonl through a temporary
+    file and os.replace, so a crash leaves the previous export or the new one."""
     from datasets import Dataset, Features, List, Value
 
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ExportError(f"{out_dir}: exists and is not a folder")
+        contents = {p.name for p in out_dir.iterdir()}
+        if contents and "corrections.jsonl" not in contents:
+            raise ExportError(f"{out_dir}: folder holds other files ({', '.join(sorted(contents)[:3])}…); "
+                              "give a new or empty folder, or an earlier corrections export to replace")
     rows = correction_rows(store, privacy)
     features = Features(text=Value("string"), role=Value("string"), labels=List(Value("string")),
                         source=Value("string"))
     dataset = Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
-    dataset.save_to_disk(str(out_dir))
-    with open(Path(out_dir) / "corrections.jsonl", "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        dataset.save_to_disk(str(staging / "dataset"))
+        jsonl = staging / "dataset" / ".corrections.jsonl.tmp"
+        with open(jsonl, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(jsonl, staging / "dataset" / "corrections.jsonl")
+        if out_dir.exists():  # an earlier export: moved aside, then removed once the new one is in
+            os.replace(out_dir, staging / "previous")
+        os.replace(staging / "dataset", out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return len(rows)
 
 

@@ -124,7 +124,7 @@ if (typeof CALLQA !== "undefined") {
     if (!current) return;
     const note = document.getElementById("note");
     const reason = verdict === "reject" ? document.getElementById("reject-reason").value : null;
-    const result = await postJSON(`/calls/${encodeURIComponent(CALLQA.call_id)}/verdicts`, {
+    const result = await postJSON(`/verdicts/${encodeURIComponent(CALLQA.call_id)}`, {
       flag_key: current.dataset.key, label: current.dataset.label, turn_id: parseInt(current.dataset.turn),
       verdict: verdict, reason: reason, note: note.value, reviewer: reviewer.value});
     current.classList.remove("judged-confirm", "judged-reject");
@@ -140,7 +140,7 @@ if (typeof CALLQA !== "undefined") {
   document.getElementById("add-flag").addEventListener("click", async () => {
     const label = document.getElementById("add-label").value;
     const note = document.getElementById("note");
-    const result = await postJSON(`/calls/${encodeURIComponent(CALLQA.call_id)}/verdicts`, {
+    const result = await postJSON(`/verdicts/${encodeURIComponent(CALLQA.call_id)}`, {
       flag_key: `added:${label}:${addTurn}`, label: label, turn_id: parseInt(addTurn), verdict: "add",
       note: note.value, reviewer: reviewer.value});
     showScores(result);
