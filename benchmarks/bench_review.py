@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import config_path, load_config  # noqa: E402
-from pipeline.review.store import Store, Verdict  # noqa: E402
+from pipeline.review.store import Store  # noqa: E402
 from pipeline.review.verdicts import flags_of, review_summary  # noqa: E402
 from pipeline.scorecard import load_scorecard  # noqa: E402
 from pipeline.scoring import Scorer  # noqa: E402
