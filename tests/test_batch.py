@@ -122,7 +122,7 @@ def test_process_item_turns_each_failure_into_a_row_naming_the_stage(tmp_path):
     stages = Stages()
     ok = process_item(Item(str(SAMPLES / "logistics_calls.csv"), done_ids=frozenset({"logistics_good_01"})), stages)
     assert [c.id for c in ok.calls] == ["logistics_bad_interrupt_02"] and ok.skipped == ["logistics_good_01"]
-    assert ok.calls[0].scores is not None and set(ok.seconds) == {"read", "tag", "events", "score"}
+    assert ok.calls[0].scores is not None and set(ok.seconds) == {"read", "tag", "events", "outcome", "score"}
     (tmp_path / "bad.txt").write_text("主持人：大家好\n", encoding="utf-8")
     (tmp_path / "silent.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20) + b"data\x00\x00\x00\x00")
     for name, stage in (("bad.txt", "read"), ("silent.wav", "transcribe")):

@@ -72,16 +72,15 @@ def test_corrections_are_reviewed_turns_with_corrected_labels(store, tmp_path, s
     from pipeline.review.privacy import load_privacy
 
     call = store.get_call("telecom_bad_interrupt_01")
-    backchannel = next(f for f in flags_of(call, []) if f.label == "backchannel")
-    store.record_verdict(call.id, backchannel.key, "backchannel", "reject", turn_id=backchannel.turn_id,
-                         reason="wrong_tag")
     first = call.turns[0]
+    wrong = next(f for f in flags_of(call, []) if f.kind == "tag" and f.label in AGENT_TAGS and f.turn_id != first.id)
+    store.record_verdict(call.id, wrong.key, wrong.label, "reject", turn_id=wrong.turn_id, reason="wrong_tag")
     store.record_verdict(call.id, added_key("proactive", first.id), "proactive", "add", turn_id=first.id)
-    asr = next(f for f in flags_of(call, []) if f.kind == "tag" and f.turn_id not in (first.id, backchannel.turn_id))
+    asr = next(f for f in flags_of(call, []) if f.kind == "tag" and f.turn_id not in (first.id, wrong.turn_id))
     store.record_verdict(call.id, asr.key, asr.label, "reject", turn_id=asr.turn_id, reason="asr_error")
 
     rows = {r["source"]: r for r in correction_rows(store, None)}
-    assert "backchannel" not in rows[f"review:{call.id}:{backchannel.turn_id}"]["labels"]
+    assert wrong.label not in rows[f"review:{call.id}:{wrong.turn_id}"]["labels"]
     assert "proactive" in rows[f"review:{call.id}:{first.id}"]["labels"]
     assert f"review:{call.id}:{asr.turn_id}" not in rows  # the text is wrong: not training data
 
@@ -114,8 +113,8 @@ def test_calibration_against_imported_human_scores(store, tmp_path, scorer):
     sheet = tmp_path / "qa.csv"
     lines = ["call_id,总分,倾听,reviewer"]
     for i, s in enumerate(summaries):
-        # Humans agree on ranking but score 5 lower, except one call they grade very differently.
-        human = s.total - 5 if i else 100 - s.total
+        # Humans agree on ranking but score 5 lower, except one call they grade 40 points apart.
+        human = s.total - 5 if i else (s.total - 40 if s.total >= 40 else s.total + 40)
         lines.append(f"{s.id},{human},{s.dimensions['listening'] if s.dimensions['listening'] is not None else ''},x")
     sheet.write_text("\n".join(lines), encoding="utf-8")
     rows = read_human_scores(sheet, scorer.scorecard)
@@ -169,7 +168,7 @@ def test_stored_rule_precision_equals_a_full_recount(store, scorer):
 
 def test_corrections_export_is_atomic_and_never_merges_into_other_files(store, tmp_path):
     call = store.get_call("telecom_bad_interrupt_01")
-    flag = next(f for f in flags_of(call, []) if f.label == "backchannel")
+    flag = next(f for f in flags_of(call, []) if f.kind == "tag" and f.label in AGENT_TAGS and f.turn_id != 0)
     store.record_verdict(call.id, flag.key, flag.label, "reject", turn_id=flag.turn_id, reason="wrong_tag")
     out = tmp_path / "corr"
     assert export_corrections(store, out, None) == 1
