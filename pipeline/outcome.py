@@ -153,8 +153,10 @@ def detect_outcome(call: Call, settings: dict) -> Call:
     outcome.signals += [s for s in _phrases(customer, "complaint", settings["resolution"]["complaint"])
                         if s.turn_ids[0] not in ending_ids]
     reactions = _said_again(call, settings) + _checks_denied(call, settings)
+    # The customer's first turn states the problem; it cannot react to the agent
+    # (我要的是… there is about the order, not a correction of the agent).
     for kind, pattern in settings["reactions"].items():
-        reactions += _phrases(customer, kind, pattern)
+        reactions += _phrases(customer[1:], kind, pattern)
     outcome.customer_repeats = len({s.turn_ids[0] for s in reactions if s.kind in settings["repeat_kinds"]})
     outcome.signals += sorted(reactions, key=lambda s: s.turn_ids[0])
     return call

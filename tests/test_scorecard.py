@@ -415,7 +415,7 @@ def test_soothing_with_help_is_not_a_brush_off(shipped):
 def test_outcome_signals_and_json_round_trip(shipped):
     from pipeline.model import Call
 
-    solved = shipped(("customer", "我的快递三天了还没到，怎么回事！"), ("agent", "非常抱歉，我马上帮您催件，今天下午送到"),
+    solved = shipped(("customer", "我的快递三天了还没到，我很生气！"), ("agent", "非常抱歉，我马上帮您催件，今天下午送到"),
                      ("customer", "好的，谢谢"))
     o = solved.outcome
     assert o.resolution == "resolved" and o.start_sentiment == "negative"
