@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.model import AGENT_TAGS
 from pipeline.readers import ReadError
 from pipeline.review.verdicts import (added_key, calibration, correction_rows, export_corrections, flags_of,
                              human_scores, read_human_scores, reviewed_call, rule_precision)
