@@ -85,12 +85,12 @@ def test_review_session_end_to_end(browser, scored_store, tmp_path):
         page.fill("#note", "客户已经说完了")
         page.click("#reject-flag")
         page.wait_for_function("document.getElementById('review-status').textContent === 'human-reviewed'")
-        backchannel = page.locator("li.flag[data-label='backchannel']").first
-        backchannel_turn = backchannel.get_attribute("data-turn")
-        backchannel.click()
+        wrong = page.locator("li.flag:not(.problem)").first  # a good-practice tag
+        wrong_label, wrong_turn, wrong_key = (wrong.get_attribute(a) for a in ("data-label", "data-turn", "data-key"))
+        wrong.click()
         page.select_option("#reject-reason", "wrong_tag")
         page.click("#reject-flag")
-        page.wait_for_function("document.querySelector(\"li.flag[data-label='backchannel']\").textContent.includes('wrong tag')")
+        page.wait_for_function(f"document.querySelector(\"li.flag[data-key='{wrong_key}']\").textContent.includes('wrong tag')")
 
         # Reload: the verdicts come back from the store.
         page.reload()
@@ -113,8 +113,8 @@ def test_review_session_end_to_end(browser, scored_store, tmp_path):
         exported = page.get_attribute("#export-result", "data-path")
         dataset = load_from_disk(exported)
         rows = {row["source"]: row for row in dataset}
-        row = rows[f"review:{CALL}:{backchannel_turn}"]
-        assert "backchannel" not in row["labels"] and row["role"] in ("agent", "customer")
+        row = rows[f"review:{CALL}:{wrong_turn}"]
+        assert wrong_label not in row["labels"] and row["role"] in ("agent", "customer")
         assert errors == []
     finally:
         server.send_signal(signal.SIGINT)
