@@ -3,16 +3,15 @@
     callqa clips --store out/callqa.db --out clips/ [--week 2026-W47 --agent A017 ...]
 
 For every problem flag with times in a call with audio, writes
-clips/<call>_<nn>_<label>.wav (an id that is no safe file name gets a short
-digest after it; the moment plus `clip_padding` seconds either
-side), and clips/index.csv and clips/index.html listing call, agent, flag, time,
-reviewer verdict and the transcript of the clip's turns. Personal data is
+clips/<call>_<nn>_<label>.wav (<call> is report.safe_name of the id, unique for
+every id; the moment plus `clip_padding` seconds either side), and clips/index.csv
+and clips/index.html listing call, agent, flag, time, reviewer verdict and the
+transcript of the clip's turns. Personal data is
 masked in the transcript and silenced in the audio unless `privacy` is None.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,13 +39,6 @@ class ClipRow:
     file: str
     verdict: str
     transcript: str
-
-
-def _file_stem(call_id: str) -> str:
-    """The call id as a file name; ids that had to be changed (team/1, team_1) get a
-    short digest of the real id so their clips do not overwrite each other."""
-    stem = safe_name(call_id)
-    return stem if stem == call_id else f"{stem}-{hashlib.sha1(call_id.encode()).hexdigest()[:8]}"
 
 
 def export_clips(store: Store, calls: list[CallSummary], out_dir: Path, padding: float,
@@ -81,7 +73,7 @@ def export_clips(store: Store, calls: list[CallSummary], out_dir: Path, padding:
                         for a, b in privacy.silence_spans(turn):
                             lo, hi = max(0, int((a - start) * rate)), max(0, int((b - start) * rate))
                             samples[lo:hi] = 0
-                name = f"{_file_stem(call.id)}_{number:02d}_{safe_name(flag.label)}.wav"
+                name = f"{safe_name(call.id)}_{number:02d}_{safe_name(flag.label)}.wav"
                 tmp = out_dir / f".{name}.tmp{os.getpid()}"
                 sf.write(tmp, samples, rate, subtype="PCM_16", format="WAV")
                 os.replace(tmp, out_dir / name)
