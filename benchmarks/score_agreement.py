@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import statistics
 import sys
 from collections import defaultdict
@@ -137,6 +138,28 @@ def sentiment_f1(scorer: Scorer, rows: list[dict]) -> dict:
 
 # --- running everything ---------------------------------------------------------
 
+class CachedTagger:
+    """The configured tagger with its predictions kept in a file, keyed by
+    (tagger, role, text): a second run that changes only the scorecard or the
+    rules re-tags nothing (a BERT run tags ~6,000 utterances). The tagger tags
+    each utterance on its own, so the cache returns exactly what it would."""
+
+    def __init__(self, tagger, path: Path):
+        self.tagger, self.path, self.name = tagger, path, tagger.name
+        self.cache = pickle.loads(path.read_bytes()) if path.exists() else {}
+
+    def predict(self, texts, roles):
+        keys = [(self.name, role, text) for text, role in zip(texts, roles)]
+        missing = sorted({k for k in keys if k not in self.cache})
+        if missing:
+            hits = self.tagger.predict([k[2] for k in missing], [k[1] for k in missing])
+            self.cache.update(zip(missing, hits))
+        return [self.cache[k] for k in keys]
+
+    def save(self) -> None:
+        self.path.write_bytes(pickle.dumps(self.cache))
+
+
 def build_scorer(tagger: str | None, scorecard: Path | None) -> Scorer:
     config = load_config()
     if tagger:
@@ -230,14 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, default=REAL, help="the shared real-data folder")
     parser.add_argument("--limit", type=int, help="only the first N items of each set (a quick look)")
     parser.add_argument("--show-failures", type=int, default=0, metavar="N", help="print N failures per set")
+    parser.add_argument("--tag-cache", type=Path, metavar="FILE",
+                        help="keep the tagger's predictions in FILE and reuse them (for scorecard work; "
+                             "delete it when the model changes)")
     args = parser.parse_args(argv)
     try:
         scorer = build_scorer(args.tagger, args.scorecard)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.tag_cache:
+        scorer.tagger = CachedTagger(scorer.tagger, args.tag_cache)
     print(f"tagger {scorer.tagger.name}, scorecard {scorer.scorecard.label}")
-    print_report(evaluate(scorer, args.dev, args.real, args.limit), args.show_failures)
+    results = evaluate(scorer, args.dev, args.real, args.limit)
+    if args.tag_cache:
+        scorer.tagger.save()
+    print_report(results, args.show_failures)
     return 0
 
 
