@@ -9,7 +9,9 @@ Read from the customer's turns after tagging (configs/outcome.yaml):
   asking to be let finish, checking anyone is listening, not following the
   explanation (phrase lists); a customer turn that says much the same as one of
   their own turns before the agent's last reply (character-bigram overlap); an
-  agent's check ("…，对吧？") answered without a yes.
+  agent's check ("…，对吧？") answered without a yes; a customer asking which of
+  two things the agent just said holds ("一粒还是两粒？": the agent contradicted
+  itself).
 
 Every signal keeps its turns, so the report can show what it rests on and a
 scorecard rule can use it as a condition ({outcome: customer_repeat}).
@@ -64,6 +66,7 @@ def load_outcome_config(path: str) -> dict:
             "look_back": int(again["look_back"]),
             "confirming": compiled("confirming", [data["confirming"]]),
             "check_question": compiled("check_question", [data["check_question"]]),
+            "which_question": compiled("which_question", [data["which_question"]]),
         }
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise OutcomeConfigError(f"{path}: missing or malformed setting {err}") from None
@@ -115,6 +118,25 @@ def _checks_denied(call: Call, settings: dict) -> list[OutcomeSignal]:
     return found
 
 
+def _asks_which(call: Call, settings: dict) -> list[OutcomeSignal]:
+    """Customer questions "A还是B？" where A and B (two characters or more next
+    to 还是) are both in the agent's turn just before: the explanation gave
+    both, so the customer cannot tell which."""
+    found = []
+    for agent, question in zip(call.turns, call.turns[1:]):
+        if agent.role != "agent" or question.role != "customer":
+            continue
+        for match in settings["which_question"].finditer(question.text):
+            # "到底是一粒还是两粒": the options are the words next to 还是
+            first, second = match.group("first"), match.group("second")
+            if any(first[-n:] in agent.text for n in range(2, len(first) + 1)) \
+                    and any(second[:n] in agent.text for n in range(2, len(second) + 1)):
+                found.append(_signal("customer_confused", [question],
+                                     f"asks which of turn {agent.id}'s answers holds", match.group(0)))
+                break
+    return found
+
+
 def _phrases(customer: list[Turn], kind: str, pattern: re.Pattern) -> list[OutcomeSignal]:
     out = []
     for turn in customer:
@@ -152,7 +174,7 @@ def detect_outcome(call: Call, settings: dict) -> Call:
     ending_ids = {t.id for t in ending}
     outcome.signals += [s for s in _phrases(customer, "complaint", settings["resolution"]["complaint"])
                         if s.turn_ids[0] not in ending_ids]
-    reactions = _said_again(call, settings) + _checks_denied(call, settings)
+    reactions = _said_again(call, settings) + _checks_denied(call, settings) + _asks_which(call, settings)
     # The customer's first turn states the problem; it cannot react to the agent
     # (我要的是… there is about the order, not a correction of the agent).
     for kind, pattern in settings["reactions"].items():
