@@ -443,3 +443,69 @@ def test_interruption_rules_are_na_where_a_mono_recording_cannot_show_overlaps(s
     assert "overlaps_not_measurable" in [e.kind for e in mono.events]
     assert status["listening.interruption"] == status["listening.customer_overlap"] == "na"
     assert mono.scores.dimensions["listening"].score > stereo.scores.dimensions["listening"].score
+
+
+def test_restating_the_need_beats_checking_a_detail_and_a_corrected_check_earns_nothing(shipped):
+    need = ("customer", "我想把每个月自动扣的电费，从我这张卡改到我爱人的卡上扣")
+    restated = shipped(need, ("agent", "您是想把电费代扣从这张卡改到您爱人的卡上，对吗？"), ("customer", "对"),
+                       ("agent", "好的，已经帮您改好了"))
+    detail = shipped(need, ("agent", "我跟您确认一下，您的手机号是一三九开头的吗？"), ("customer", "对"),
+                     ("agent", "好的，已经帮您改好了"))
+    corrected = shipped(need, ("agent", "您是想把电费代扣取消掉，对吗？"), ("customer", "我没说要取消，是换一张卡扣"),
+                        ("agent", "好的，已经帮您改好了"))
+    assert dim(restated, "listening") > dim(detail, "listening") > dim(corrected, "listening")
+    assert result(corrected.scores, "listening.confirmation").status == "pass"  # no bonus for a wrong check
+
+
+def test_a_short_remark_between_two_parts_of_the_story_counts_as_listening(shipped):
+    story = ("customer", "我早上停车的时候，后面一辆车直接撞上来了……")
+    rest = ("customer", "对方说他全责，我们已经拍了照片")
+    reply = ("agent", "好的，我先帮您登记报案")
+    remarked = shipped(story, ("agent", "哦，被后车追尾了。"), rest, reply)
+    silent = shipped(story, rest, reply)
+    assert dim(remarked, "listening") > dim(silent, "listening")
+
+
+def test_a_rule_in_the_customers_favour_or_with_a_way_forward_is_not_rigid(scorer):
+    def expression(agent_text):
+        call = scorer.score(make_call(("agent", "您好"), ("customer", "航班取消了，改签要钱吗？"), ("agent", agent_text)))
+        return result(call.scores, "expression.rigid")
+    # the lexicon tags 按规定/规定 rigid; what follows decides
+    assert expression("按规定不能改签，这是公司规定").status == "deduct"
+    assert expression("按规定航班取消改签是免费的，不收任何费用").status == "pass"
+    assert expression("这是公司规定，您可以先办退票再买明天的票").status == "pass"
+
+
+def test_stock_phrases_and_an_answer_the_customer_calls_useless_cost_expression(shipped):
+    issue = ("customer", "宽带又断了，这个月第三次了")
+    concrete = shipped(issue, ("agent", "我马上帮您派单，师傅今天下午三点前上门"), ("customer", "好"))
+    stock = shipped(issue, ("agent", "给您带来不便敬请谅解，我们会不断改进完善"), ("customer", "好"))
+    rejected = shipped(issue, ("agent", "给您带来不便敬请谅解，我们会不断改进完善"),
+                       ("customer", "总是抱歉，说了等于没说"))
+    assert dim(concrete, "expression") > dim(stock, "expression") > dim(rejected, "expression")
+    assert result(rejected.scores, "expression.answer_rejected").status == "deduct"
+
+
+def test_asking_which_of_the_agents_own_answers_holds_is_confusion(shipped):
+    question = ("customer", "这个药一天吃几次？")
+    clear = shipped(question, ("agent", "一天三次，每次一粒，饭后吃"), ("customer", "好的"))
+    muddled = shipped(question, ("agent", "一天三次，每次两粒，一粒也行，饭后吃"), ("customer", "是一粒还是两粒？"))
+    assert [s.kind for s in muddled.outcome.signals].count("customer_confused") == 1
+    assert dim(muddled, "expression") < dim(clear, "expression")
+    choice = shipped(("customer", "我想订明天的票"), ("agent", "有上午八点和下午两点两班"), ("customer", "饭前还是饭后？"))
+    assert "customer_confused" not in [s.kind for s in choice.outcome.signals]  # not about what the agent said
+
+
+def test_a_customer_who_says_they_will_leave_is_unresolved(shipped):
+    call = shipped(("customer", "你们的信号太差了"), ("agent", "给您带来不便请见谅"),
+                   ("customer", "谢谢回复，我不打算再用你们的号了，准备注销"))
+    assert call.outcome.resolution == "unresolved"
+
+
+def test_an_apology_for_something_else_does_not_answer_a_feeling_shown_after_it(shipped):
+    turns = [("customer", "外卖送到十九号楼去了，我在九号楼"), ("agent", "不好意思，我马上联系骑手送到九号楼"),
+             ("customer", "我饿得不行了，真烦人！")]
+    ignored = shipped(*turns, ("agent", "请您耐心等待"), ("customer", "好吧"))
+    named = shipped(*turns, ("agent", "饿着肚子等确实着急，我让骑手十分钟内送到"), ("customer", "好吧"))
+    assert result(ignored.scores, "empathy.respond_to_emotion").status == "deduct"
+    assert result(named.scores, "empathy.respond_to_emotion").status == "pass"
