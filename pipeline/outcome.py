@@ -146,6 +146,34 @@ def _phrases(customer: list[Turn], kind: str, pattern: re.Pattern) -> list[Outco
     return out
 
 
+SENTIMENT_KINDS = ("calmer", "angrier", "ended_negative")
+
+
+def read_sentiment_change(call: Call) -> Call:
+    """The sentiment part of the outcome, from the turns' sentiment: the customer's
+    first and last turn, calmer / angrier, ended_negative. Run again after
+    reviewers change a turn's sentiment (pipeline.review.verdicts.reviewed_call)."""
+    outcome = call.outcome
+    customer = [t for t in call.turns if t.role == "customer"]
+    if outcome is None or not customer:
+        return call
+    outcome.signals = [s for s in outcome.signals if s.kind not in SENTIMENT_KINDS]
+    first, last = customer[0], customer[-1]
+    outcome.start_sentiment, outcome.end_sentiment = first.sentiment, last.sentiment
+    outcome.sentiment_change = None
+    found = []
+    if first.sentiment and last.sentiment and first is not last:
+        change = SENTIMENT_RANK[last.sentiment] - SENTIMENT_RANK[first.sentiment]
+        outcome.sentiment_change = "calmer" if change > 0 else "angrier" if change < 0 else "same"
+        if change:
+            found.append(_signal(outcome.sentiment_change, [first, last],
+                                 f"customer {first.sentiment} at the start, {last.sentiment} at the end"))
+    if last.sentiment == "negative":
+        found.append(_signal("ended_negative", [last], "the customer's last turn is negative"))
+    outcome.signals = found + outcome.signals
+    return call
+
+
 def detect_outcome(call: Call, settings: dict) -> Call:
     """Pipeline stage: the customer's outcome signals (after tagging)."""
     customer = [t for t in call.turns if t.role == "customer"]
@@ -153,16 +181,7 @@ def detect_outcome(call: Call, settings: dict) -> Call:
     call.outcome = outcome
     if not customer:
         return call
-    first, last = customer[0], customer[-1]
-    outcome.start_sentiment, outcome.end_sentiment = first.sentiment, last.sentiment
-    if first.sentiment and last.sentiment and first is not last:
-        change = SENTIMENT_RANK[last.sentiment] - SENTIMENT_RANK[first.sentiment]
-        outcome.sentiment_change = "calmer" if change > 0 else "angrier" if change < 0 else "same"
-        if change:
-            outcome.signals.append(_signal(outcome.sentiment_change, [first, last],
-                                           f"customer {first.sentiment} at the start, {last.sentiment} at the end"))
-    if last.sentiment == "negative":
-        outcome.signals.append(_signal("ended_negative", [last], "the customer's last turn is negative"))
+    read_sentiment_change(call)
     ending = customer[-settings["end_turns"]:]
     for kind in RESOLUTION_ORDER:
         said = _phrases(ending, kind, settings["resolution"][kind])

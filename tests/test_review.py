@@ -188,3 +188,15 @@ def test_corrections_export_is_atomic_and_never_merges_into_other_files(store, t
     with pytest.raises(ExportError, match=r"notes: folder holds other files \(todo.txt"):
         export_corrections(store, other, None)
     assert [p.name for p in other.iterdir()] == ["todo.txt"]
+
+
+def test_a_reviewed_sentiment_reads_the_outcome_again(store):
+    # A call whose customer ends calmly; a reviewer marks the last customer turn negative.
+    call = next(c for c in map(store.get_call, store.call_ids())
+                if c.outcome and c.outcome.end_sentiment != "negative" and any(t.role == "customer" for t in c.turns))
+    last = [t for t in call.turns if t.role == "customer"][-1]
+    store.record_verdict(call.id, added_key("sentiment.negative", last.id), "sentiment.negative", "add", turn_id=last.id)
+    reviewed = reviewed_call(call, store.verdicts(call.id))
+    assert reviewed.outcome.end_sentiment == "negative"
+    assert [s.turn_ids for s in reviewed.outcome.signals if s.kind == "ended_negative"] == [[last.id]]
+    assert not any(s.kind == "ended_negative" for s in call.outcome.signals)  # the machine's call is untouched

@@ -45,6 +45,8 @@ def test_pages_filters_and_verdicts(app_client):
         len(store.list_calls(grade="优秀"))
     call_page = client.get(f"/calls/{CALL}").text
     assert "machine-only" in call_page and f"/audio/{CALL}" in call_page
+    outcome = store.get_call(CALL).outcome
+    assert 'id="outcome"' in call_page and f'res-{outcome.resolution}' in call_page  # the customer outcome
     flag = next(f for f in flags_of(store.get_call(CALL), []) if f.label == "interruption")
     assert f'data-key="{flag.key}"' in call_page
 

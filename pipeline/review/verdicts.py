@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.model import AGENT_TAGS, Call, Event, Scores, Tag
+from pipeline.outcome import read_sentiment_change
 from pipeline.review.privacy import Privacy
 from pipeline.readers import ReadError, decode_text
 from pipeline.report import BAD_TAGS, EVENT_KINDS
@@ -123,7 +124,8 @@ def reviewed_call(call: Call, verdicts: list[Verdict]) -> Call:
                                 text=turn.text, source="reviewer", rule=verdict.note or None))
     for turn in out.turns:
         turn.sentiment = sentiment_of({t.label for t in out.tags if t.turn_id == turn.id})
-    return out
+    # a rejected "negative" on the customer's last turn: no longer a customer who ended upset
+    return read_sentiment_change(out)
 
 
 def human_scores(call: Call, verdicts: list[Verdict], scorecard: Scorecard) -> Scores | None:
