@@ -134,7 +134,8 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
     context_seconds = float(config["review"]["context_seconds"])
     max_note = int(config["review"]["max_note_chars"])
     roots = [Path(r).resolve() for r in audio_roots]
-    templates = Jinja2Templates(directory=PACKAGE / "templates")
+    # the review pages, plus the partials they share with the call report (outcome.html)
+    templates = Jinja2Templates(directory=[PACKAGE / "templates", PACKAGE.parent / "templates"])
     templates.env.filters["urlid"] = url_id
     derived = Derived(store)
     derived_from_calls = Derived(store, calls_only=True)  # unchanged by verdicts
