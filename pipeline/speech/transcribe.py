@@ -212,8 +212,10 @@ def _turns(spans: list[TurnSpan], heard: list[HeardWord], signal: np.ndarray, co
 def _backchannel_turn(signal: np.ndarray, span: TurnSpan, config: dict, recognizer: Recognizer,
                       channel: int | None) -> Turn:
     """A short response under the other party, recognised by Whisper without the initial
-    prompt (with it, Whisper returns nothing for 嗯). Its text is kept when it is short
-    and sure; otherwise the turn reads `placeholder` (嗯), marked low-confidence."""
+    prompt (with it, Whisper returns nothing for 嗯). Its text is kept when it is sure and
+    one of the listening `words` (嗯 / 好 / 对…); otherwise the turn reads `placeholder`
+    (嗯), marked low-confidence: the audio already shows a short response under the
+    other party, and a 0.3 s clip is too short for Whisper to say more."""
     settings = config["backchannel"]
     pad = config["asr_context_pad"]
     clip = signal[int(max(0.0, span.start - pad) * SAMPLE_RATE) : int((span.end + pad) * SAMPLE_RATE)]
@@ -222,14 +224,11 @@ def _backchannel_turn(signal: np.ndarray, span: TurnSpan, config: dict, recogniz
     words = [w for s in segments for w in s.words if w.probability is not None]
     confidence = float(np.mean([w.probability for w in words])) if words else 0.0
     spoken = PUNCTUATION.sub("", text)
-    sure = 0 < len(spoken) <= settings["max_chars"] and confidence >= settings["min_probability"] and _is_chinese(spoken)
+    sure = 0 < len(spoken) <= settings["max_chars"] and confidence >= settings["min_probability"] \
+        and spoken in settings["words"]
     return Turn(id=0, role="unknown", text=text if sure else settings["placeholder"],
                 start=round(span.start, 3), end=round(span.end, 3), speaker=span.speaker, channel=channel,
                 asr_confidence=round(confidence, 3) if sure else None, low_confidence=not sure)
-
-
-def _is_chinese(text: str) -> bool:
-    return all("\u4e00" <= char <= "\u9fff" for char in text)
 
 
 def _number(turns: list[Turn]) -> None:
