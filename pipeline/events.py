@@ -9,13 +9,19 @@ Kinds produced, each with its time span and turns:
 - talk_ratio        the agent's share of speaking time
 - first_response    seconds until the agent first answers
 - overlaps_not_measurable  the call's audio cannot show two people talking at once
-                    (a mono mix): no interruption / customer_overlap is reported,
-                    and rules on them should be N/A rather than "never interrupted"
+                    (a mono mix) and `interruption.mono_takeover` is off: no
+                    interruption / customer_overlap is reported, and rules on them
+                    should be N/A rather than "never interrupted"
 
 Overlaps are decided per turn: a turn talks over the other party when it starts
 while the other party's turn is still in progress. A turn in progress runs over
 short pauses (a comma pause), so a customer resuming after 0.3 s does not make
 the agent's cut-in look like "both started together", and one cut-in is one event.
+In a mono mix the turns never overlap (speaker separation gives one speaker at a
+time), so talking at once is read from how the speaker changed: the other party
+starting with no pause at all (`mono_takeover_max_gap`; the speech stage has moved
+every speaker change to a pause where there was one) took over while the first was
+still speaking. Its length cannot be measured: those events carry no value.
 Calls without times get no events. All passes are linear in the number of turns.
 """
 
@@ -38,9 +44,12 @@ def detect_events(call: Call, config: dict) -> Call:
     settings = config["events"]
     turns = sorted(call.turns, key=lambda t: (t.start, t.end))
     if call.audio is not None and call.audio.overlaps_measurable is False:
-        events = [Event(kind=NOT_MEASURABLE, start=turns[0].start, end=turns[-1].end,
-                        turn_ids=sorted({turns[0].id, turns[-1].id}),
-                        detail="one mixed channel: talking at once cannot be measured")]
+        if settings["interruption"]["mono_takeover"]:
+            events = _takeovers(turns, _substantive_by_turn(call, turns), settings)
+        else:
+            events = [Event(kind=NOT_MEASURABLE, start=turns[0].start, end=turns[-1].end,
+                            turn_ids=sorted({turns[0].id, turns[-1].id}),
+                            detail="one mixed channel: talking at once cannot be measured")]
     else:
         events = _overlaps(call, turns, settings)
     events += _silences(turns, _silence_threshold(settings["silence"]))
@@ -83,13 +92,18 @@ def _stretches(turns: list[Turn], pause: float) -> list[_InProgress]:
     return stretches
 
 
-def _overlaps(call: Call, turns: list[Turn], settings: dict) -> list[Event]:
+def _substantive_by_turn(call: Call, turns: list[Turn]) -> dict[int, int]:
+    """Spoken characters per turn once backchannel words are taken out: a backchannel
+    (嗯, 好的) is listening, it neither talks over nor is talked over."""
     spans: dict[int, list[tuple[int, int]]] = {}
     for tag in call.tags:
         if tag.label == "backchannel":
             spans.setdefault(tag.turn_id, []).append((tag.char_start, tag.char_end))
-    # A backchannel (嗯, 好的) is listening: it neither talks over nor is talked over.
-    substantive = {t.id: _substantive_chars(t, spans) for t in turns}
+    return {t.id: _substantive_chars(t, spans) for t in turns}
+
+
+def _overlaps(call: Call, turns: list[Turn], settings: dict) -> list[Event]:
+    substantive = _substantive_by_turn(call, turns)
     timing = settings["interruption"]
     by_role = {role: [t for t in turns if t.role == role and substantive[t.id] >= settings[kind]["min_chars"]]
                for role, kind in (("agent", "interruption"), ("customer", "customer_overlap"))}
@@ -149,6 +163,40 @@ def _cut_ins(turns: list[Turn], substantive: dict[int, int], rules: dict) -> lis
                 turn_ids=[before.id, agent.id], value=0.0,
                 detail=f"agent cut in {gap:.1f} s after the customer stopped mid-sentence",
             ))
+    return events
+
+
+def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -> list[Event]:
+    """Mono: the other party starts with no pause after someone who has been talking
+    for at least `delay_time`. Someone taken over who takes the word straight back
+    within `carry_on_gap` is carrying on with her own sentence, not talking over in turn."""
+    timing = settings["interruption"]
+    kinds = {"agent": "interruption", "customer": "customer_overlap"}
+    events: list[Event] = []
+    talking_since = turns[0].start  # when the current speaker's stretch of talk began
+    taken_over: Turn | None = None  # the turn that just took over, if any
+    for before, turn in zip(turns, turns[1:]):
+        gap = turn.start - before.end
+        if turn.role == before.role:
+            if gap >= timing["pause_within_turn"]:
+                talking_since = turn.start
+            continue
+        previous_stretch, talking_since = talking_since, turn.start
+        if turn.role not in kinds or before.role not in kinds or gap > timing["mono_takeover_max_gap"]:
+            continue
+        if taken_over is before and turn.start - before.start <= timing["carry_on_gap"]:
+            continue  # carrying on under the one who took over
+        kind = kinds[turn.role]
+        if (turn.start - previous_stretch < timing["delay_time"]
+                or substantive[turn.id] < settings[kind]["min_chars"]
+                or substantive[before.id] < settings[kinds[before.role]]["min_chars"]):
+            continue
+        taken_over = turn
+        events.append(Event(
+            kind=kind, role=turn.role, start=turn.start, end=turn.start, turn_ids=[before.id, turn.id],
+            detail=f"{turn.role} took over from the {before.role} with no pause "
+                   "(mono recording: how long both spoke cannot be measured)",
+        ))
     return events
 
 

@@ -260,8 +260,9 @@ class EventCondition(Condition):
             if self.max_value is not None and (e.value is None or e.value > self.max_value):
                 continue
             quoted = " / ".join(ctx.turns[t].text for t in e.turn_ids if t in ctx.turns)
+            measured = f"{e.kind} = {e.value}" if e.value is not None else e.kind
             found.append(Hit(tuple(e.turn_ids), e.role, e.start, e.end,
-                             f"{e.detail} ({e.kind} = {e.value})" + (f": {quoted}" if quoted else "")))
+                             f"{e.detail} ({measured})" + (f": {quoted}" if quoted else "")))
         return found
 
 

@@ -141,15 +141,49 @@ def test_backchannel_turns_under_the_other_party_are_no_overlap(scorer):
     assert not kinds(events, "interruption") and not kinds(events, "customer_overlap")
 
 
-def test_calls_whose_audio_cannot_show_overlaps_say_so(tmp_path, scorer):
-    """A mono mix gets no interruption events but a marker, so a rule can be N/A."""
+def mono(call):
     from pipeline.model import AudioInfo
+
+    call.audio = AudioInfo(path="call.wav", channels=1, overlaps_measurable=False)
+    return call
+
+
+def test_mono_takeover_without_a_pause_is_talking_over(scorer):
+    """Mono turns never overlap: the other party starting with no pause after someone
+    who had been talking is taking over; a reply after a pause is not, nor is a short 嗯."""
+    call = mono(make_call(("customer", "我家宽带每天晚上都特别卡，白天还好，我想问是不是", 0.0, 4.8),
+                          ("agent", "您先重启一下光猫试试看吧", 4.8, 8.0),
+                          ("customer", "重启过了，没有用，还是一样卡", 8.4, 11.0),
+                          ("agent", "好的", 11.0, 11.4),
+                          ("agent", "那我帮您派一个师傅上门看看吧", 12.0, 15.0),
+                          ("customer", "那要等多久才能来", 15.0, 17.0)))
+    events = events_of(scorer, call)
+    [interruption] = kinds(events, "interruption")
+    assert interruption.turn_ids == [0, 1] and interruption.start == 4.8 and interruption.value is None
+    assert "cannot be measured" in interruption.detail
+    [customer] = kinds(events, "customer_overlap")
+    assert customer.turn_ids == [4, 5]
+    assert not kinds(events, "overlaps_not_measurable")
+
+
+def test_mono_customer_carrying_on_is_not_her_overlap(scorer):
+    call = mono(make_call(("customer", "我的订单三天了还没发货，客服一直说在处理", 0.0, 4.0),
+                          ("agent", "非常抱歉我马上帮您催一下", 4.0, 5.0),
+                          ("customer", "而且电话也一直打不通", 5.0, 7.0)))
+    events = events_of(scorer, call)
+    assert len(kinds(events, "interruption")) == 1 and not kinds(events, "customer_overlap")
+
+
+def test_mono_calls_can_be_marked_not_measurable_instead(tmp_path, scorer):
+    """With mono_takeover off a mono mix gets no interruption events but a marker, so a
+    rule can be N/A."""
     from pipeline.scorecard import load_scorecard, score_call
 
-    call = make_call(("customer", "我家宽带每天晚上都特别卡，白天还好，我想问是不是", 0.0, 6.0),
-                     ("agent", "您先重启一下光猫试试看吧", 4.8, 8.0))
-    call.audio = AudioInfo(path="call.wav", channels=1, overlaps_measurable=False)
-    events = events_of(scorer, call)
+    config = copy.deepcopy(scorer.config)
+    config["events"]["interruption"]["mono_takeover"] = False
+    call = mono(make_call(("customer", "我家宽带每天晚上都特别卡，白天还好，我想问是不是", 0.0, 4.8),
+                          ("agent", "您先重启一下光猫试试看吧", 4.8, 8.0)))
+    events = events_of(scorer, call, config)
     assert not kinds(events, "interruption")
     [marker] = kinds(events, "overlaps_not_measurable")
     assert marker.start == 0.0 and marker.end == 8.0

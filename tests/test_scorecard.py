@@ -428,21 +428,24 @@ def test_outcome_signals_and_json_round_trip(shipped):
     assert Call.model_validate(old).outcome is None  # calls stored before outcome signals still load
 
 
-def test_interruption_rules_are_na_where_a_mono_recording_cannot_show_overlaps(scorer):
+def test_a_mono_takeover_costs_listening_like_a_stereo_interruption(scorer):
+    """Mono: the agent starting with no pause while the customer was mid-story is the
+    same 抢话 deduction; the same words after a pause are not."""
     from pipeline.model import AudioInfo
 
-    turns = [("customer", "我上个月的话费多扣了五十块钱，我想问一下", 0.0, 4.0),
-             ("agent", "好的您稍等我帮您查一下这个月的账单", 2.5, 6.0),
-             ("customer", "好", 6.5, 7.0), ("agent", "查到了，多扣的五十元今天退回", 7.5, 10.0)]
-    stereo = scorer.score(make_call(*turns))
-    mono = make_call(*turns)
-    mono.audio = AudioInfo(path="call.wav", channels=1, overlaps_measurable=False)
-    mono = scorer.score(mono)
-    status = {r.rule_id: r.status for r in mono.scores.dimensions["listening"].results}
-    assert [e.kind for e in stereo.events].count("interruption") == 1
-    assert "overlaps_not_measurable" in [e.kind for e in mono.events]
-    assert status["listening.interruption"] == status["listening.customer_overlap"] == "na"
-    assert mono.scores.dimensions["listening"].score > stereo.scores.dimensions["listening"].score
+    def mono_call(agent_start):
+        call = make_call(("customer", "我上个月的话费多扣了五十块钱，我想问一下", 0.0, 4.0),
+                         ("agent", "好的您稍等我帮您查一下这个月的账单", agent_start, agent_start + 3.5),
+                         ("customer", "好", agent_start + 4.0, agent_start + 4.5),
+                         ("agent", "查到了，多扣的五十元今天退回", agent_start + 5.0, agent_start + 7.5))
+        call.audio = AudioInfo(path="call.wav", channels=1, overlaps_measurable=False)
+        return scorer.score(call)
+
+    took_over, waited = mono_call(4.0), mono_call(4.6)
+    status = {r.rule_id: r.status for r in took_over.scores.dimensions["listening"].results}
+    assert status["listening.interruption"] == "deduct"
+    assert not [e for e in waited.events if e.kind == "interruption"]
+    assert took_over.scores.dimensions["listening"].score < waited.scores.dimensions["listening"].score
 
 
 def test_restating_the_need_beats_checking_a_detail_and_a_corrected_check_earns_nothing(shipped):

@@ -7,11 +7,17 @@ changes speaker where its windows' labels change, so a reply that follows withou
 a pause is still separated (to about one hop).
 
 Whether there are two speakers at all (`num_speakers: auto`): k-means always finds
-two clusters, and on one voice it cuts the recording into an early and a late part.
-Two people in conversation instead take turns: the clusters follow the pauses (most
-windows carry their speech region's majority label) and the voices alternate
-(the region labels change at least twice, A-B-A). A recording that fails either test
-is one speaker: a voicemail, an IVR prompt, an agent-only channel.
+two clusters, and on one voice it cuts the recording by utterance or into an early and
+a late part. Two people give two clusters far apart for how spread each one is (the
+silhouette of the clustering, cosine distance) and voices that take turns (the speech
+regions' majority labels change at least twice, A-B-A). A recording that fails either
+test is one speaker: a voicemail, an IVR prompt, an agent-only channel.
+
+Where the voices change inside one speech region, the change is moved to a short
+pause near it (`snap_to_pauses`): a reply that follows 0.1-0.25 s after the other
+finished is a pause too short to split the region, but it is a pause. A change
+with no pause near it is where the two spoke without a break, or at once; the
+events stage reads that as one taking over from the other (pipeline/events.py).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
 
 from pipeline.speech.audio import SAMPLE_RATE
 from pipeline.speech.vad import Region
@@ -77,9 +84,10 @@ def _diarize(encoder, samples: np.ndarray, regions: list[Region], config: dict) 
         return one_speaker
     embeddings = np.array(embeddings)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    labels = KMeans(n_clusters=2, n_init=10, random_state=0).fit_predict(embeddings)
-    labels = _smooth(labels, [index for index, _ in windows])
-    if config["num_speakers"] == "auto" and not _takes_turns(labels, [index for index, _ in windows], config):
+    clusters = KMeans(n_clusters=2, n_init=10, random_state=0).fit_predict(embeddings)
+    labels = _smooth(clusters, [index for index, _ in windows])
+    if config["num_speakers"] == "auto" and not _two_voices(embeddings, clusters, labels,
+                                                            [index for index, _ in windows], config):
         return one_speaker
 
     result: list[SpeakerRegion] = []
@@ -95,17 +103,17 @@ def _diarize(encoder, samples: np.ndarray, regions: list[Region], config: dict) 
     return _name_by_first_appearance(result)
 
 
-def _takes_turns(labels: np.ndarray, region_of_window: list[int], config: dict) -> bool:
-    """Do the two clusters look like two people taking turns (see the module notes)?"""
+def _two_voices(embeddings: np.ndarray, clusters: np.ndarray, labels: np.ndarray,
+                region_of_window: list[int], config: dict) -> bool:
+    """Are the two clusters two people taking turns (see the module notes)?"""
+    if len(set(clusters)) < 2 or silhouette_score(embeddings, clusters, metric="cosine") < config["min_silhouette"]:
+        return False
     majority = []
-    agreeing = 0
     for index in dict.fromkeys(region_of_window):
         own = labels[[i for i, r in enumerate(region_of_window) if r == index]]
-        counts = np.bincount(own, minlength=2)
-        majority.append(int(counts.argmax()))
-        agreeing += int(counts.max())
+        majority.append(int(np.bincount(own, minlength=2).argmax()))
     alternations = sum(a != b for a, b in zip(majority, majority[1:]))
-    return agreeing / len(labels) >= config["min_region_agreement"] and alternations >= config["min_alternations"]
+    return alternations >= config["min_alternations"]
 
 
 def _smooth(labels: np.ndarray, region_of_window: list[int]) -> np.ndarray:
@@ -122,4 +130,18 @@ def _name_by_first_appearance(regions: list[SpeakerRegion]) -> list[SpeakerRegio
     names: dict[str, str] = {}
     for region in regions:
         region.speaker = names.setdefault(region.speaker, f"S{len(names)}")
+    return regions
+
+
+def snap_to_pauses(regions: list[SpeakerRegion], pauses: list[Region], reach: float) -> list[SpeakerRegion]:
+    """Move each speaker change inside a speech region to the nearest pause (a gap in a
+    finer speech-activity pass) within `reach` seconds: the voices change at a hop's
+    precision, the pause shows where one stopped and the other began."""
+    for before, after in zip(regions, regions[1:]):
+        if before.end != after.start or before.speaker == after.speaker:
+            continue  # a change across a pause the speech regions already show
+        near = [(start, end) for start, end in pauses
+                if before.start < start and end < after.end and abs((start + end) / 2 - before.end) <= reach]
+        if near:
+            before.end, after.start = min(near, key=lambda pause: abs((pause[0] + pause[1]) / 2 - before.end))
     return regions

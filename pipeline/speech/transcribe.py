@@ -8,8 +8,10 @@ unless the wording strongly says otherwise. Turn times are the channels' speech
 activity, so the events stage (pipeline/events.py) finds who talked over whom even
 where ASR drops a word. Mono: each VAD region is decoded whole, its words split
 between the speakers found by voice (pipeline/speech/diarize.py: one or two), and
-the agent is decided from wording and who speaks first; talking at once cannot be
-measured and the call says so (call.audio.overlaps_measurable).
+the agent is decided from wording and who speaks first. How long two people talked
+at once cannot be measured in a mix (call.audio.overlaps_measurable is false); each
+speaker change is moved to the pause it happened in, and where there was none the
+events stage reads it as one taking over from the other.
 
 The model never sees more than `max_utterance_seconds` of speech at a time, so a
 call of hours is processed piece by piece.
@@ -26,9 +28,9 @@ import yaml
 from pipeline.speech import roles
 from pipeline.speech.asr import PUNCTUATION, HeardWord, Recognizer, load_recognizer, recognize, recognize_regions
 from pipeline.speech.audio import SAMPLE_RATE, Audio, load_audio
-from pipeline.speech.diarize import SpeakerRegion, diarize
+from pipeline.speech.diarize import SpeakerRegion, diarize, snap_to_pauses
 from pipeline.model import AudioInfo, Call, Turn, Word
-from pipeline.speech.vad import TurnSpan, channel_turns, speech_regions, split_long_regions
+from pipeline.speech.vad import TurnSpan, channel_turns, quiet_pauses, speech_regions, split_long_regions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "speech.yaml"
 # Two channels this similar are one signal written twice: treat the call as mono.
@@ -67,7 +69,8 @@ def transcribe_file(
         versions = {"vad": "silero-vad-v6"}
     else:
         turns, decision = _mono(audio, config, recognizer, warnings)
-        warnings.append("mono recording: talking at once cannot be measured, interruptions are not reported")
+        warnings.append("mono recording: how long two people talked at once cannot be measured; "
+                        "talking over is read from speaker changes without a pause")
         versions = {"vad": "silero-vad-v6", "diarization": "resemblyzer-0.1.4+kmeans"}
     versions["asr"] = recognizer.name
     if not turns:
@@ -139,6 +142,10 @@ def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str
     samples = audio.samples.mean(axis=0)
     regions = speech_regions(samples, config["vad"])
     speakers = diarize(samples, regions, config["diarization"])
+    settings = config["diarization"]
+    pauses = [pause for region in regions
+              for pause in quiet_pauses(samples, region, settings["pause_seconds"], settings["pause_level"])]
+    speakers = snap_to_pauses(speakers, pauses, settings["pause_reach_seconds"])
     spans = _merge_same_speaker(speakers, config["turn_merge_gap"])
     pieces = split_long_regions(samples, regions, config["max_utterance_seconds"])
     # Not packed: Whisper given several people's turns in one window tends to stop after one.
