@@ -7,7 +7,8 @@ stereo 16 kHz, mono 16 kHz and mono 8 kHz mu-law, with a JSON truth beside it). 
 file goes through Scorer.read + Scorer.score, as `callqa score` runs it. Per condition it
 prints precision / recall of agent interruptions and of the customer talking over the
 agent (an event matches a planned one of the same kind starting within 1 s), how many
-backchannels were counted as talking over, and the listening verdict (>= 80 good)
+backchannels were kept as turns of their own and how many were counted as talking
+over, and the listening verdict (>= 80 good)
 against the verdict of the same call scored from its true transcript (roles, texts,
 times).
 """
@@ -41,6 +42,12 @@ def matches(found: list, planned: list[dict]) -> int:
             left.remove(match)
             hits += 1
     return hits
+
+
+def is_backchannel_turn(turn, planned: dict) -> bool:
+    """A short turn of the same role over the planned backchannel: it was kept as its own turn."""
+    overlap = min(turn.end, planned["end"]) - max(turn.start, planned["start"])
+    return overlap > 0 and turn.role == planned["role"] and turn.duration < 1.0
 
 
 def true_call(truth: dict, name: str) -> Call:
@@ -86,10 +93,10 @@ def main() -> None:
             counts[f"{kind}_hits"] += hits
         turns = {t.id: t for t in call.turns}
         over = [turns[e.turn_ids[-1]] for e in call.events if e.kind in KINDS]
-        counts["backchannels_over"] += sum(
-            any(min(t.end, b["end"]) - max(t.start, b["start"]) > 0 and t.role == b["role"] and t.duration < 1.0
-                for t in over)
-            for b in truth.get("backchannels", []))
+        backchannels = truth.get("backchannels", [])
+        counts["backchannels"] += len(backchannels)
+        counts["backchannels_kept"] += sum(any(is_backchannel_turn(t, b) for t in call.turns) for b in backchannels)
+        counts["backchannels_over"] += sum(any(is_backchannel_turn(t, b) for t in over) for b in backchannels)
         counts["verdicts"] += 1
         counts["verdicts_right"] += verdict(call) == verdict(expected)
         print(f"{path.name}: {len([e for e in call.events if e.kind in KINDS])} events found, "
@@ -97,9 +104,9 @@ def main() -> None:
               flush=True)
 
     print()
-    print("| condition | interruptions P / R | customer over agent P / R | backchannels counted as talking over "
-          "| listening verdict = text's | seconds per audio second |")
-    print("|---|---|---|---|---|---|")
+    print("| condition | interruptions P / R | customer over agent P / R | backchannels kept "
+          "| backchannels counted as talking over | listening verdict = text's | seconds per audio second |")
+    print("|---|---|---|---|---|---|---|")
     for name, c in sorted(totals.items()):
         cells = []
         for kind in KINDS:
@@ -107,7 +114,8 @@ def main() -> None:
             recall = c[f"{kind}_hits"] / c[f"{kind}_planned"] if c[f"{kind}_planned"] else float("nan")
             cells.append(f"{precision:.2f} / {recall:.2f} ({c[f'{kind}_hits']:.0f} of {c[f'{kind}_planned']:.0f}, "
                          f"{c[f'{kind}_found']:.0f} found)")
-        print(f"| {name} | {cells[0]} | {cells[1]} | {c['backchannels_over']:.0f} "
+        print(f"| {name} | {cells[0]} | {cells[1]} | {c['backchannels_kept']:.0f} of {c['backchannels']:.0f} "
+              f"| {c['backchannels_over']:.0f} "
               f"| {c['verdicts_right']:.0f} of {c['verdicts']:.0f} | {c['seconds'] / c['audio_s']:.2f} |")
 
 

@@ -186,11 +186,11 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
             continue
         if taken_over is before and turn.start - before.start <= timing["carry_on_gap"]:
             continue  # carrying on under the one who took over
-        kind = kinds[turn.role]
         if (turn.start - previous_stretch < timing["delay_time"]
-                or substantive[turn.id] < settings[kind]["min_chars"]
-                or substantive[before.id] < settings[kinds[before.role]]["min_chars"]):
+                or not _says_something(turn, substantive, settings[kinds[turn.role]]["min_chars"], timing)
+                or not _says_something(before, substantive, settings[kinds[before.role]]["min_chars"], timing)):
             continue
+        kind = kinds[turn.role]
         taken_over = turn
         events.append(Event(
             kind=kind, role=turn.role, start=turn.start, end=turn.start, turn_ids=[before.id, turn.id],
@@ -198,6 +198,12 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
                    "(mono recording: how long both spoke cannot be measured)",
         ))
     return events
+
+
+def _says_something(turn: Turn, substantive: dict[int, int], min_chars: int, timing: dict) -> bool:
+    """More than a backchannel: enough words, or (mono, where the words of two people
+    talking at once are often lost) enough time."""
+    return substantive[turn.id] >= min_chars or (turn.duration or 0.0) >= timing["mono_takeover_min_seconds"]
 
 
 def _silence_threshold(settings: dict) -> float:

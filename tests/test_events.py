@@ -174,6 +174,17 @@ def test_mono_customer_carrying_on_is_not_her_overlap(scorer):
     assert len(kinds(events, "interruption")) == 1 and not kinds(events, "customer_overlap")
 
 
+def test_mono_takeover_whose_words_were_lost_in_the_mix_still_counts(scorer):
+    """Two voices at once often leave Whisper with a character or two: a 3 s turn is
+    more than a backchannel whatever its text, a 0.4 s 嗯 is not."""
+    lost = mono(make_call(("customer", "我昨天收到的快递里面东西是坏的，包装都压扁了", 0.0, 5.0),
+                          ("agent", "回", 5.0, 8.0)))
+    short = mono(make_call(("customer", "我昨天收到的快递里面东西是坏的，包装都压扁了", 0.0, 5.0),
+                           ("agent", "嗯", 5.0, 5.4)))
+    assert len(kinds(events_of(scorer, lost), "interruption")) == 1
+    assert not kinds(events_of(scorer, short), "interruption")
+
+
 def test_mono_calls_can_be_marked_not_measurable_instead(tmp_path, scorer):
     """With mono_takeover off a mono mix gets no interruption events but a marker, so a
     rule can be N/A."""

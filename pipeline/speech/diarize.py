@@ -53,6 +53,9 @@ def _voice_encoder():
 
 def diarize(samples: np.ndarray, regions: list[Region], config: dict) -> list[SpeakerRegion]:
     """Split speech regions of a mono call between its speakers (one or two)."""
+    if config["num_speakers"] == 1 or (config["num_speakers"] == "auto" and len(regions) <= config["min_alternations"]):
+        # Too few speech regions to alternate A-B-A: one speaker, no embeddings needed.
+        return [SpeakerRegion(start, end, "S0") for start, end in regions]
     import torch
 
     encoder = _voice_encoder()
@@ -80,7 +83,7 @@ def _diarize(encoder, samples: np.ndarray, regions: list[Region], config: dict) 
             windows.append((index, start + centre))
             embeddings.append(partial)
     one_speaker = [SpeakerRegion(start, end, "S0") for start, end in regions]
-    if config["num_speakers"] == 1 or len(embeddings) < 2:
+    if len(embeddings) < 2:
         return one_speaker
     embeddings = np.array(embeddings)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -134,8 +137,8 @@ def _name_by_first_appearance(regions: list[SpeakerRegion]) -> list[SpeakerRegio
 
 
 def snap_to_pauses(regions: list[SpeakerRegion], pauses: list[Region], reach: float) -> list[SpeakerRegion]:
-    """Move each speaker change inside a speech region to the nearest pause (a gap in a
-    finer speech-activity pass) within `reach` seconds: the voices change at a hop's
+    """Move each speaker change inside a speech region to the nearest pause (a quiet
+    stretch of the region) within `reach` seconds: the voices change at a hop's
     precision, the pause shows where one stopped and the other began."""
     for before, after in zip(regions, regions[1:]):
         if before.end != after.start or before.speaker == after.speaker:
