@@ -144,6 +144,18 @@ def test_one_real_voice_stays_one_speaker_and_a_two_party_call_splits():
     assert {r.speaker for r in diarize(two, speech_regions(two, config["vad"]), config["diarization"])} == {"S0", "S1"}
 
 
+def test_a_backchannel_in_the_speakers_comma_pause_is_still_a_backchannel():
+    """A listener's 嗯 often lands where the speaker pauses: it is under her turn (her
+    speech joined across the pause), not a reply. A short word after she finished is."""
+    from pipeline.speech.vad import channel_turns
+
+    config = load_speech_config()
+    customer = [(0.0, 2.0), (2.3, 5.0)]  # a 0.3 s comma pause at 2.0
+    agent = [(1.9, 2.2), (5.6, 5.9), (7.0, 9.0)]
+    spans = channel_turns(agent, customer, config["turn_merge_gap"], config["backchannel"])
+    assert [(s.start, s.backchannel) for s in spans] == [(1.9, True), (5.6, False), (7.0, False)]
+
+
 def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
     """A 95 s monologue is cut at quiet points into pieces under max_utterance_seconds."""
     from pipeline.speech.vad import split_long_regions

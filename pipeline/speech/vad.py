@@ -77,17 +77,21 @@ def channel_turns(own: list[Region], other: list[Region], max_gap: float, backch
     Regions closer than max_gap join, unless the other party finished speaking in
     between (they took a turn: what follows is a reply) or one of them is a
     backchannel: at most backchannel["max_seconds"] long, wholly inside the other
-    party's speech, with backchannel["min_silence"] of own silence either side (the
-    first words of a cut-in are followed by more), kept as a turn of its own so it
-    never becomes part of a sentence nor hides when that sentence started.
+    party's talk (her regions joined across pauses shorter than max_gap: a listener's
+    嗯 often lands in the speaker's comma pause), with backchannel["min_silence"] of
+    own silence either side (the first words of a cut-in are followed by more), kept
+    as a turn of its own so it never becomes part of a sentence nor hides when that
+    sentence started.
     """
     backchannel_seconds = backchannel["max_seconds"]
     other_starts = [start for start, _ in other]
     other_ends = [end for _, end in other]
+    other_talk = merge_regions(other, max_gap)
+    talk_starts = [start for start, _ in other_talk]
 
     def under_other(start: float, end: float) -> bool:
-        i = bisect.bisect_left(other_starts, start) - 1
-        return i >= 0 and other_ends[i] > end
+        i = bisect.bisect_right(talk_starts, start) - 1
+        return i >= 0 and other_talk[i][0] < start and other_talk[i][1] > end
 
     def other_finished(after: float, silent_from: float, until: float) -> bool:
         """The other party stopped speaking after `after`: more than a backchannel, or
