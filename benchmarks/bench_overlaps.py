@@ -33,11 +33,12 @@ def condition(path: Path) -> str:
     return path.stem.split("_", 2)[2]  # overlap_03_mono_8k_ulaw -> mono_8k_ulaw
 
 
-def matches(found: list, planned: list[dict]) -> int:
+def matched(found: list, planned: list[dict], tolerance: float = TOLERANCE) -> int:
+    """Planned events found (same kind, start within `tolerance` seconds), each at most once."""
     left = list(found)
     hits = 0
     for plan in planned:
-        match = next((e for e in left if e.kind == plan["kind"] and abs(e.start - plan["start"]) <= TOLERANCE), None)
+        match = next((e for e in left if e.kind == plan["kind"] and abs(e.start - plan["start"]) <= tolerance), None)
         if match is not None:
             left.remove(match)
             hits += 1
@@ -87,7 +88,7 @@ def main() -> None:
         for kind in KINDS:
             found = [e for e in call.events if e.kind == kind]
             planned = [o for o in truth["overlaps"] if o["kind"] == kind]
-            hits = matches(found, planned)
+            hits = matched(found, planned)
             counts[f"{kind}_found"] += len(found)
             counts[f"{kind}_planned"] += len(planned)
             counts[f"{kind}_hits"] += hits

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.bench_overlaps import matched
 from pipeline.speech import roles
 from pipeline.speech.asr import cut_loops
 from pipeline.speech.audio import AudioError, load_audio
@@ -337,18 +338,6 @@ def calls_c(scorer):
 LISTENING_WORDS = set(load_speech_config()["backchannel"]["words"]) | {load_speech_config()["backchannel"]["placeholder"]}
 
 
-def matched(found: list, planned: list[dict], tolerance: float = EVENT_TIME_TOLERANCE) -> int:
-    """Planned events found (same kind, start within `tolerance`), each at most once."""
-    left = list(found)
-    hits = 0
-    for plan in planned:
-        match = next((e for e in left if e.kind == plan["kind"] and abs(e.start - plan["start"]) <= tolerance), None)
-        if match is not None:
-            left.remove(match)
-            hits += 1
-    return hits
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["call_c_stereo_16k", "call_c_stereo_8k_ulaw"])
 def test_stereo_interruptions_per_turn_with_backchannels_kept(calls_c, name):
@@ -356,7 +345,7 @@ def test_stereo_interruptions_per_turn_with_backchannels_kept(calls_c, name):
     found = [e for e in call.events if e.kind in ("interruption", "customer_overlap")]
     # Precision and recall 1: every planned cut-in once (the one after the comma pause
     # included), the customer carrying on under the agent not counted as her overlap.
-    assert matched(found, plan["overlaps"]) == len(plan["overlaps"]) == len(found) == 4
+    assert matched(found, plan["overlaps"], EVENT_TIME_TOLERANCE) == len(plan["overlaps"]) == len(found) == 4
     turns = {t.id: t for t in call.turns}
     kept = []
     for backchannel in plan["backchannels"]:

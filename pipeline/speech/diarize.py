@@ -87,10 +87,10 @@ def _diarize(encoder, samples: np.ndarray, regions: list[Region], config: dict) 
         return one_speaker
     embeddings = np.array(embeddings)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    region_of_window = [index for index, _ in windows]
     clusters = KMeans(n_clusters=2, n_init=10, random_state=0).fit_predict(embeddings)
-    labels = _smooth(clusters, [index for index, _ in windows])
-    if config["num_speakers"] == "auto" and not _two_voices(embeddings, clusters, labels,
-                                                            [index for index, _ in windows], config):
+    labels = _smooth(clusters, region_of_window)
+    if config["num_speakers"] == "auto" and not _two_voices(embeddings, clusters, labels, region_of_window, config):
         return one_speaker
 
     result: list[SpeakerRegion] = []
@@ -143,8 +143,10 @@ def snap_to_pauses(regions: list[SpeakerRegion], pauses: list[Region], reach: fl
     for before, after in zip(regions, regions[1:]):
         if before.end != after.start or before.speaker == after.speaker:
             continue  # a change across a pause the speech regions already show
-        near = [(start, end) for start, end in pauses
-                if before.start < start and end < after.end and abs((start + end) / 2 - before.end) <= reach]
+        def distance(pause: Region) -> float:
+            return abs((pause[0] + pause[1]) / 2 - before.end)
+
+        near = [pause for pause in pauses if before.start < pause[0] and pause[1] < after.end and distance(pause) <= reach]
         if near:
-            before.end, after.start = min(near, key=lambda pause: abs((pause[0] + pause[1]) / 2 - before.end))
+            before.end, after.start = min(near, key=distance)
     return regions

@@ -141,8 +141,8 @@ def _stereo(audio: Audio, agent_channel: int, config: dict, recognizer: Recogniz
 def _mono(audio: Audio, config: dict, recognizer: Recognizer, warnings: list[str]):
     samples = audio.samples.mean(axis=0)
     regions = speech_regions(samples, config["vad"])
-    speakers = diarize(samples, regions, config["diarization"])
     settings = config["diarization"]
+    speakers = diarize(samples, regions, settings)
     pauses = [pause for region in regions
               for pause in quiet_pauses(samples, region, settings["pause_seconds"], settings["pause_level"])]
     speakers = snap_to_pauses(speakers, pauses, settings["pause_reach_seconds"])

@@ -52,10 +52,7 @@ def split_long_regions(samples: np.ndarray, regions: list[Region], max_seconds: 
             continue
         # Look for the quietest point in the middle half so both parts stay long enough.
         lo, hi = start + (end - start) / 4, end - (end - start) / 4
-        window = int(0.1 * SAMPLE_RATE)
-        segment = samples[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)]
-        frames = segment[: len(segment) // window * window].reshape(-1, window)
-        cut = lo + (int(np.argmin((frames**2).mean(axis=1))) + 0.5) * 0.1
+        cut = lo + (int(np.argmin(frame_power(samples, (lo, hi), 0.1))) + 0.5) * 0.1
         result.extend(split_long_regions(samples, [(start, cut), (cut, end)], max_seconds))
     return result
 
@@ -124,13 +121,10 @@ def quiet_pauses(samples: np.ndarray, region: Region, min_seconds: float, level:
     the region's median frame loudness, at least `min_seconds` long. Finer than the
     speech detector, whose probability lingers after a word: a 0.18 s gap between
     two speakers is clear in the energy and merged into one region by Silero."""
-    frame = int(0.02 * SAMPLE_RATE)
-    start = int(region[0] * SAMPLE_RATE)
-    audio = samples[start : int(region[1] * SAMPLE_RATE)]
-    frames = audio[: len(audio) // frame * frame].reshape(-1, frame)
-    if not len(frames):
+    frame = 0.02
+    loudness = np.sqrt(frame_power(samples, region, frame))
+    if not len(loudness):
         return []
-    loudness = np.sqrt((frames**2).mean(axis=1))
     quiet = loudness < level * np.median(loudness)
     pauses = []
     run_start = None
@@ -138,7 +132,14 @@ def quiet_pauses(samples: np.ndarray, region: Region, min_seconds: float, level:
         if is_quiet and run_start is None:
             run_start = i
         elif not is_quiet and run_start is not None:
-            if (i - run_start) * 0.02 >= min_seconds:
-                pauses.append((region[0] + run_start * 0.02, region[0] + i * 0.02))
+            if (i - run_start) * frame >= min_seconds:
+                pauses.append((region[0] + run_start * frame, region[0] + i * frame))
             run_start = None
     return pauses
+
+
+def frame_power(samples: np.ndarray, span: Region, frame_seconds: float) -> np.ndarray:
+    """Mean square of each whole frame of `frame_seconds` in the span (a trailing part frame is left out)."""
+    frame = int(frame_seconds * SAMPLE_RATE)
+    audio = samples[int(span[0] * SAMPLE_RATE) : int(span[1] * SAMPLE_RATE)]
+    return (audio[: len(audio) // frame * frame].reshape(-1, frame) ** 2).mean(axis=1)
