@@ -35,6 +35,8 @@ from pipeline.normalize import count_spoken_chars
 OVERLAP_KINDS = ("interruption", "customer_overlap")
 NOT_MEASURABLE = "overlaps_not_measurable"
 _SENTENCE_END = ("。", "？", "！", "?", "!", "…")
+# Where the recogniser marks a sentence going on (a comma, not a full stop).
+_CLAUSE_BREAK = ("，", ",", "、", "；", ";", "：", ":")
 
 
 def detect_events(call: Call, config: dict) -> Call:
@@ -168,8 +170,11 @@ def _cut_ins(turns: list[Turn], substantive: dict[int, int], rules: dict) -> lis
 
 def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -> list[Event]:
     """Mono: the other party starts with no pause after someone who has been talking
-    for at least `delay_time`. Someone taken over who takes the word straight back
-    within `carry_on_gap` is carrying on with her own sentence, not talking over in turn."""
+    for at least `delay_time`, or the agent starts within `cut_in_max_gap` of a customer
+    turn that the recogniser heard going on (it ends at a comma: her next words are
+    under the agent's, lost or given to him). Someone taken over who takes the word
+    straight back within `carry_on_gap` is carrying on with her own sentence, not
+    talking over in turn."""
     timing = settings["interruption"]
     kinds = {"agent": "interruption", "customer": "customer_overlap"}
     events: list[Event] = []
@@ -182,7 +187,10 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
                 talking_since = turn.start
             continue
         previous_stretch, talking_since = talking_since, turn.start
-        if turn.role not in kinds or before.role not in kinds or gap > timing["mono_takeover_max_gap"]:
+        cut_in_at_comma = (turn.role == "agent" and gap <= timing["cut_in_max_gap"]
+                           and before.text.rstrip().endswith(_CLAUSE_BREAK))
+        if (turn.role not in kinds or before.role not in kinds
+                or not (gap <= timing["mono_takeover_max_gap"] or cut_in_at_comma)):
             continue
         if taken_over is before and turn.start - before.start <= timing["carry_on_gap"]:
             continue  # carrying on under the one who took over
@@ -194,8 +202,9 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
         taken_over = turn
         events.append(Event(
             kind=kind, role=turn.role, start=turn.start, end=turn.start, turn_ids=[before.id, turn.id],
-            detail=f"{turn.role} took over from the {before.role} with no pause "
-                   "(mono recording: how long both spoke cannot be measured)",
+            detail=(f"agent cut in at the customer's comma pause ({gap:.1f} s)" if gap > timing["mono_takeover_max_gap"]
+                    else f"{turn.role} took over from the {before.role} with no pause")
+                   + " (mono recording: how long both spoke cannot be measured)",
         ))
     return events
 

@@ -82,16 +82,21 @@ def highlight(text: str, tags) -> Markup:
 
 def render_call_html(call: Call, audio_src: str | None = None) -> str:
     # Beside each turn: the rules its evidence belongs to, with that occurrence's points.
+    # An occurrence spanning turns (an interruption: the customer's turn, then the
+    # agent's) sits beside the turn of whoever did it.
     reasons = defaultdict(dict)
+    roles = {t.id: t.role for t in call.turns}
     for dim in call.scores.dimensions.values():
         for result in dim.results:
             if result.status not in ("deduct", "bonus", "excepted"):
                 continue
             for evidence in result.evidence:
                 if evidence.turn_ids:
-                    shown = reasons[evidence.turn_ids[0]].get(result.rule_id)
+                    turn_id = next((i for i in evidence.turn_ids if roles.get(i) == evidence.speaker),
+                                   evidence.turn_ids[0])
+                    shown = reasons[turn_id].get(result.rule_id)
                     points = evidence.points + (shown["points"] if shown else 0.0)
-                    reasons[evidence.turn_ids[0]][result.rule_id] = dict(
+                    reasons[turn_id][result.rule_id] = dict(
                         rule_id=result.rule_id, description=result.description,
                         status=result.status, points=points)
     events = defaultdict(list)

@@ -136,12 +136,11 @@ def test_call_report_plays_the_recording_from_a_flag(browser, scorer, tmp_path):
                 audio=AudioInfo(path=str(audio)))
     scorer.score(call)
     write_call(call, tmp_path)
-    flagged = next(t for t in call.turns if t.id in {e.turn_ids[0] for d in call.scores.dimensions.values()
-                                                     for r in d.results if r.status == "deduct"
-                                                     for e in r.evidence if e.turn_ids} and t.start > 1)
     page = browser.new_page()
     page.goto((tmp_path / "calls" / "report_audio.html").as_uri())
     page.wait_for_function("document.getElementById('player').readyState >= 1")
+    flagged_ids = [int(i.removeprefix("turn-")) for i in page.eval_on_selector_all("tr.flagged", "rows => rows.map(r => r.id)")]
+    flagged = next(t for t in call.turns if t.id in flagged_ids and t.start > 1)
     page.click(f"#turn-{flagged.id} td.reasons .reason")
     current = page.evaluate("document.getElementById('player').currentTime")
     assert abs(current - flagged.start) < 0.3

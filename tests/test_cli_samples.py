@@ -63,6 +63,21 @@ def test_planned_interruptions_and_silences_are_found(scored, call_id):
     assert len(long_gaps) == len(expected.get("silences", []))
 
 
+def test_interruption_deduction_sits_beside_the_agents_turn(scored):
+    """The report lists a deduction beside the turn of whoever did it: an interruption
+    spans the customer's turn and the agent's, and belongs to the agent's."""
+    import re
+
+    out, _, calls = scored
+    call_id, call = next((c, call) for c, call in calls.items() if any(e.kind == "interruption" for e in call.events))
+    html = (out / "calls" / f"{call_id}.html").read_text(encoding="utf-8")
+    rows = dict(re.findall(r'<tr id="turn-(\d+)".*?<td class="reasons">(.*?)</td>', html, flags=re.S))
+    for event in (e for e in call.events if e.kind == "interruption"):
+        customer_turn, agent_turn = event.turn_ids
+        assert "interrupt" in rows[str(agent_turn)]
+        assert "interrupt" not in rows[str(customer_turn)]
+
+
 def test_calm_calls_have_no_empathy_test(scored):
     _, _, calls = scored
     for call_id, e in EXPECTED["calls"].items():

@@ -174,6 +174,24 @@ def test_mono_customer_carrying_on_is_not_her_overlap(scorer):
     assert len(kinds(events, "interruption")) == 1 and not kinds(events, "customer_overlap")
 
 
+def test_mono_agent_starting_in_the_customers_comma_pause_cut_her_off(scorer):
+    """The customer pauses at a comma and goes on, under the agent: the mix keeps the
+    pause, not her next words, but the recogniser ends her turn at the comma. The same
+    quick start after a full stop is a reply, and the customer's quick start after the
+    agent's comma is not charged (her words may simply follow his)."""
+    def call(customer_text, agent_start):
+        return mono(make_call(("customer", customer_text, 0.0, 5.0),
+                              ("agent", "我已经帮您提交了维修工单，师傅明天上午会联系您，", agent_start, 9.0),
+                              ("customer", "好的，那你们一定要尽快处理。", 9.1, 12.0),
+                              ("agent", "明天上午十点之前师傅一定到", 12.1, 14.0)))
+    events = events_of(scorer, call("我昨天收到的快递里面东西是坏的，包装都压扁了，", 5.1))
+    [cut] = kinds(events, "interruption")
+    assert cut.turn_ids == [0, 1] and "comma pause" in cut.detail
+    assert not kinds(events, "customer_overlap")
+    assert not kinds(events_of(scorer, call("我昨天收到的快递里面东西是坏的，包装都压扁了。", 5.1)), "interruption")
+    assert not kinds(events_of(scorer, call("我昨天收到的快递里面东西是坏的，包装都压扁了，", 5.4)), "interruption")
+
+
 def test_mono_takeover_whose_words_were_lost_in_the_mix_still_counts(scorer):
     """Two voices at once often leave Whisper with a character or two: a 3 s turn is
     more than a backchannel whatever its text, a 0.4 s 嗯 is not."""

@@ -157,6 +157,21 @@ def test_a_backchannel_in_the_speakers_comma_pause_is_still_a_backchannel():
     assert [(s.start, s.backchannel) for s in spans] == [(1.9, True), (5.6, False), (7.0, False)]
 
 
+def test_a_backchannel_soon_after_the_listeners_own_words_once_the_other_took_the_floor():
+    """The customer starts while the agent is finishing; the agent's 嗯 0.4 s later is
+    listening to her. The customer's own 谢谢 after a comma pause, while the agent has
+    been talking since before it, is the rest of her sentence."""
+    from pipeline.speech.vad import channel_turns
+
+    config = load_speech_config()
+    agent = [(0.0, 4.0), (4.4, 4.7), (8.5, 13.0)]
+    customer = [(3.5, 8.0), (11.0, 11.7), (11.95, 12.4)]
+    agent_spans = channel_turns(agent, customer, config["turn_merge_gap"], config["backchannel"])
+    assert [(s.start, s.backchannel) for s in agent_spans] == [(0.0, False), (4.4, True), (8.5, False)]
+    customer_spans = channel_turns(customer, agent, config["turn_merge_gap"], config["backchannel"])
+    assert [(s.start, s.end, s.backchannel) for s in customer_spans] == [(3.5, 8.0, False), (11.0, 12.4, False)]
+
+
 def test_long_speech_reaches_the_model_in_pieces_that_fit_its_window():
     """A 95 s monologue is cut at quiet points into pieces under max_utterance_seconds."""
     from pipeline.speech.vad import split_long_regions

@@ -76,7 +76,8 @@ def channel_turns(own: list[Region], other: list[Region], max_gap: float, backch
     backchannel: at most backchannel["max_seconds"] long, wholly inside the other
     party's talk (her regions joined across pauses shorter than max_gap: a listener's
     嗯 often lands in the speaker's comma pause), with backchannel["min_silence"] of
-    own silence either side (the first words of a cut-in are followed by more), kept
+    own silence after it (the first words of a cut-in are followed by more) and before
+    it, unless the other party took the floor during the speaker's last words, kept
     as a turn of its own so it never becomes part of a sentence nor hides when that
     sentence started.
     """
@@ -89,6 +90,12 @@ def channel_turns(own: list[Region], other: list[Region], max_gap: float, backch
     def under_other(start: float, end: float) -> bool:
         i = bisect.bisect_right(talk_starts, start) - 1
         return i >= 0 and other_talk[i][0] < start and other_talk[i][1] > end
+
+    def took_the_floor(previous: Region, start: float) -> bool:
+        """The other party's talk running at `start` began after this speaker's previous
+        region did: she has the floor, this speaker is the listener."""
+        i = bisect.bisect_right(talk_starts, start) - 1
+        return i >= 0 and other_talk[i][0] > previous[0]
 
     def other_finished(after: float, silent_from: float, until: float) -> bool:
         """The other party stopped speaking after `after`: more than a backchannel, or
@@ -103,7 +110,8 @@ def channel_turns(own: list[Region], other: list[Region], max_gap: float, backch
     turns: list[TurnSpan] = []
     last_region_start = 0.0
     for i, (start, end) in enumerate(own):
-        alone = (i == 0 or start - own[i - 1][1] >= backchannel["min_silence"]) and (
+        alone = (i == 0 or start - own[i - 1][1] >= backchannel["min_silence"]
+                 or took_the_floor(own[i - 1], start)) and (
             i + 1 == len(own) or own[i + 1][0] - end >= backchannel["min_silence"])
         is_backchannel = end - start <= backchannel_seconds and alone and under_other(start, end)
         joins = (turns and not is_backchannel and not turns[-1].backchannel and start - turns[-1].end < max_gap
