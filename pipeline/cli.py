@@ -3,7 +3,7 @@
     callqa score PATH... [--config FILE] [--out DIR] [--meta agents.csv] [--store DB]
     callqa batch INPUT --out RUN [--workers N] [--engine local|ray] [--previous RUN]
     callqa review [--store DB] [--host 127.0.0.1] [--port 8765] [--audio-root DIR]
-    callqa clips --out DIR [--store DB] [--week W --agent A --grade G --dimension D --flag F]
+    callqa clips --out DIR [--store DB] [--week W --agent A --grade G --dimension D --flag F --outcome O]
     callqa corrections --out DIR [--store DB]
     callqa human-scores QA.csv [--store DB]
     callqa calibrate --out NEW_SCORECARD.yaml [--store DB] [--target total|DIMENSION] [--folds 5]
@@ -116,8 +116,12 @@ def review_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# Filters of Store.list_calls, offered by `callqa clips`.
+LIST_FILTERS = ("week", "agent", "grade", "dimension", "flag", "outcome")
+
+
 def _filters(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("week", "agent", "grade", "dimension", "flag")}
+    return {k: getattr(args, k) for k in LIST_FILTERS}
 
 
 def clips_command(args: argparse.Namespace) -> int:
@@ -248,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     clips = with_store("clips", "export flagged moments as short audio clips with an index")
     clips.add_argument("--out", required=True, help="folder for the clips and index.csv / index.html")
-    for name in ("week", "agent", "grade", "dimension", "flag"):
+    for name in LIST_FILTERS:
         clips.add_argument(f"--{name}", help=f"only calls with this {name}")
     clips.add_argument("--padding", type=float, help="seconds kept either side (default: review.clip_padding)")
     clips.add_argument("--no-mask", action="store_true", help="keep personal data audible and readable")

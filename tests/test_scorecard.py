@@ -386,6 +386,11 @@ def test_interruption_the_customer_reacts_to_weighs_more(shipped):
     reacted = shipped(*turns, ("customer", "你让我说完，邻居已经找上门了", 8.5, 11.0))
     assert ignored.scores.dimensions["listening"].score < 80
     assert dim(reacted, "listening") < dim(ignored, "listening")
+    # The reaction is charged once (interruption_reacted), not again as pushback.
+    charged = {r.rule_id: r.status for r in reacted.scores.dimensions["listening"].results}
+    assert charged["listening.interruption_reacted"] == "deduct"
+    assert charged["listening.customer_pushback"] != "deduct"
+    assert "customer_cut_off" in {s.kind for s in reacted.outcome.signals}
 
 
 def test_empathy_one_exchange_later_counts(shipped):

@@ -63,6 +63,12 @@ def test_round_trip_filters_and_replacement(store_url, sample_calls):
     assert a023 and all(s.agent_id == "A023" and s.week == "2026-W47" for s in a023)
     assert store.list_calls(agent="A023", week="2020-W01") == []
     assert "interruption" in store.facets()["flag"]
+    resolutions = {c.outcome.resolution for c, _ in sample_calls}
+    assert set(store.facets()["outcome"]) == resolutions and len(resolutions) > 1
+    for resolution in resolutions:
+        listed = store.list_calls(outcome=resolution)
+        assert {s.id for s in listed} == {c.id for c, _ in sample_calls if c.outcome.resolution == resolution}
+        assert store.count_calls(outcome=resolution) == len(listed)
 
     # A verdict survives re-scoring; the new version replaces every row of the old one.
     store.record_verdict(call.id, "tag:rigid:2:0:4", "rigid", "reject", turn_id=2, reason="wrong_tag", note="ok")
@@ -98,7 +104,7 @@ def test_migrations_create_exactly_the_declared_schema(store_url):
     from alembic.migration import MigrationContext
 
     store = Store(store_url)
-    assert store.schema_version() == "0002"
+    assert store.schema_version() == "0003"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     Store(store_url).close()  # reopening an up-to-date store changes nothing
@@ -205,10 +211,10 @@ def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path):
                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=120) for p in openers]
     assert [p.returncode for p in openers] == [0, 0, 0], [err[-300:] for _, err in results]
-    assert [out.strip() for out, _ in results] == ["0002"] * 3
+    assert [out.strip() for out, _ in results] == ["0003"] * 3
 
 
-def test_upgrading_a_0001_store_backfills_the_review_columns(tmp_path, sample_calls):
+def test_upgrading_a_0001_store_backfills_the_review_and_outcome_columns(tmp_path, sample_calls):
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
@@ -226,12 +232,14 @@ def test_upgrading_a_0001_store_backfills_the_review_columns(tmp_path, sample_ca
         command.downgrade(config, "0001")
     store.close()
     store = Store(path)
-    assert store.schema_version() == "0002"
+    assert store.schema_version() == "0003"
     expected = {r.rule_id: len(evidence_items(r)) for d in call.scores.dimensions.values() for r in d.results}
     with store.engine.connect() as conn:
         stored = dict(conn.execute(sa.text("SELECT rule_id, evidence_items FROM rule_results")).all())
     assert stored == expected and sum(expected.values()) > 0
     assert store.input_dirs() == [tmp_path / "week"]
+    [listed] = store.list_calls()  # 0003: the outcome copied onto the call's row
+    assert (listed.resolution, listed.sentiment_change) == (call.outcome.resolution, call.outcome.sentiment_change)
     store.close()
 
 

@@ -43,6 +43,10 @@ def test_pages_filters_and_verdicts(app_client):
     assert CALL in page and "bank_good_01" not in page
     assert client.get("/", params={"grade": "优秀"}).text.count('class="call-link"') == \
         len(store.list_calls(grade="优秀"))
+    # The customer outcome is a column of the list and a filter.
+    unresolved = client.get("/", params={"outcome": "unresolved"}).text
+    assert unresolved.count('class="call-link"') == len(store.list_calls(outcome="unresolved")) > 0
+    assert unresolved.count('<td class="outcome">unresolved') == unresolved.count('class="call-link"')
     call_page = client.get(f"/calls/{CALL}").text
     assert "machine-only" in call_page and f"/audio/{CALL}" in call_page
     outcome = store.get_call(CALL).outcome

@@ -5,7 +5,7 @@
     store.save_call(call, input_sha256, config_version)
     store.find_scored(call_id, input_sha256, config_version)  # resume a batch
     store.get_call(call_id) -> Call
-    store.list_calls(week=, agent=, grade=, dimension=, flag=) -> [CallSummary]
+    store.list_calls(week=, agent=, grade=, dimension=, flag=, outcome=) -> [CallSummary]
     store.record_verdict(call_id, flag_key, verdict, ...)
 
 The whole `Call` is kept as JSON (the source of truth, read back by `get_call`);
@@ -64,6 +64,9 @@ calls = sa.Table(
     sa.Column("critical_failed", sa.Boolean, nullable=False, default=False),
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("call_json", sa.Text, nullable=False),
+    # The customer outcome (pipeline.outcome), copied from call_json for the list page.
+    sa.Column("resolution", sa.String),
+    sa.Column("sentiment_change", sa.String),
 )
 
 dimension_scores = sa.Table(
@@ -211,6 +214,8 @@ class CallSummary:
     critical_failed: bool
     has_audio: bool
     dimensions: dict[str, float | None] = field(default_factory=dict)
+    resolution: str | None = None  # resolved | unresolved | complaint | unknown
+    sentiment_change: str | None = None  # calmer | same | angrier
 
 
 @dataclass
@@ -355,6 +360,8 @@ class Store:
             total=call.scores.total, grade=call.scores.grade,
             critical_failed=call.scores.critical_failed, scored_at=_now(),
             call_json=call.to_json(indent=None),
+            resolution=call.outcome.resolution if call.outcome else None,
+            sentiment_change=call.outcome.sentiment_change if call.outcome else None,
         )
         with self._writer.begin() as conn:
             for table in _CHILD_TABLES:
@@ -395,7 +402,9 @@ class Store:
             return list(conn.execute(sa.select(calls.c.id).order_by(calls.c.id)).scalars())
 
     def _filtered(self, query: sa.Select, week: str | None, agent: str | None, grade: str | None,
-                  dimension: str | None, flag: str | None) -> sa.Select:
+                  dimension: str | None, flag: str | None, outcome: str | None) -> sa.Select:
+        if outcome:
+            query = query.where(calls.c.resolution == outcome)
         if week:
             query = query.where(calls.c.week == week)
         if agent:
@@ -413,21 +422,23 @@ class Store:
         return query
 
     def count_calls(self, week: str | None = None, agent: str | None = None, grade: str | None = None,
-                    dimension: str | None = None, flag: str | None = None) -> int:
-        query = self._filtered(sa.select(sa.func.count()).select_from(calls), week, agent, grade, dimension, flag)
+                    dimension: str | None = None, flag: str | None = None, outcome: str | None = None) -> int:
+        query = self._filtered(sa.select(sa.func.count()).select_from(calls), week, agent, grade, dimension, flag,
+                               outcome)
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
     def list_calls(self, week: str | None = None, agent: str | None = None, grade: str | None = None,
-                   dimension: str | None = None, flag: str | None = None,
+                   dimension: str | None = None, flag: str | None = None, outcome: str | None = None,
                    limit: int | None = None) -> list[CallSummary]:
         """Calls matching every filter given, newest first (the first `limit` of them).
         `dimension`: calls with a deduction in that dimension; `flag`: calls with a tag
-        of that label or an event of that kind."""
+        of that label or an event of that kind; `outcome`: the customer outcome's
+        resolution (resolved, unresolved, complaint, unknown)."""
         columns = [calls.c[name] for name in ("id", "source", "agent_id", "team", "date", "week", "total", "grade",
-                                              "critical_failed", "audio_path")]
+                                              "critical_failed", "audio_path", "resolution", "sentiment_change")]
         query = self._filtered(sa.select(*columns).order_by(calls.c.date.desc(), calls.c.id),
-                               week, agent, grade, dimension, flag)
+                               week, agent, grade, dimension, flag, outcome)
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -441,7 +452,8 @@ class Store:
         return [CallSummary(id=r["id"], source=r["source"], agent_id=r["agent_id"], team=r["team"],
                             date=r["date"], week=r["week"], total=r["total"], grade=r["grade"],
                             critical_failed=r["critical_failed"], has_audio=bool(r["audio_path"]),
-                            dimensions=scores[r["id"]]) for r in rows]
+                            dimensions=scores[r["id"]], resolution=r["resolution"],
+                            sentiment_change=r["sentiment_change"]) for r in rows]
 
     def facets(self) -> dict[str, list[str]]:
         """The values each filter can take, for the review app's drop-downs."""
@@ -451,7 +463,8 @@ class Store:
                         if v is not None]
             return dict(week=distinct(calls.c.week), agent=distinct(calls.c.agent_id),
                         grade=distinct(calls.c.grade), dimension=distinct(dimension_scores.c.dimension),
-                        flag=sorted(set(distinct(tags.c.label)) | set(distinct(events.c.kind))))
+                        flag=sorted(set(distinct(tags.c.label)) | set(distinct(events.c.kind))),
+                        outcome=distinct(calls.c.resolution))
 
     # --- reviewer actions --------------------------------------------------
 

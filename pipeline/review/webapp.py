@@ -191,8 +191,8 @@ def create_app(store: Store, config: dict, audio_roots: list[Path], export_dir: 
 
     @app.get("/", response_class=HTMLResponse)
     def call_list(request: Request, week: str = "", agent: str = "", grade: str = "", dimension: str = "",
-                  flag: str = ""):
-        filters = dict(week=week, agent=agent, grade=grade, dimension=dimension, flag=flag)
+                  flag: str = "", outcome: str = ""):
+        filters = dict(week=week, agent=agent, grade=grade, dimension=dimension, flag=flag, outcome=outcome)
         chosen = {k: v or None for k, v in filters.items()}
         fresh_reviews()
 
