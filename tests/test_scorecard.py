@@ -413,8 +413,12 @@ def test_a_calm_report_does_not_demand_empathy(shipped):
 def test_soothing_with_help_is_not_a_brush_off(shipped):
     emotion = ("customer", "卡被吞了，我急死了，明天还要用钱！")
     helped = shipped(emotion, ("agent", "您别着急，我马上帮您联系网点把卡取出来"))
+    promised = shipped(emotion, ("agent", "您先别着急，网点今天下午三点前给您回电话安排取卡"))
     brushed = shipped(emotion, ("agent", "您别着急"))
     assert dim(helped, "empathy") > dim(brushed, "empathy")
+    # A committed next step with a time is help too: no perfunctory deduction.
+    status = {r.rule_id: r.status for r in promised.scores.dimensions["empathy"].results}
+    assert status["empathy.perfunctory"] != "deduct" and dim(promised, "empathy") > dim(brushed, "empathy")
 
 
 def test_outcome_signals_and_json_round_trip(shipped):
