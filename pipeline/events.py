@@ -187,10 +187,10 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
                 talking_since = turn.start
             continue
         previous_stretch, talking_since = talking_since, turn.start
+        no_pause = gap <= timing["mono_takeover_max_gap"]
         cut_in_at_comma = (turn.role == "agent" and gap <= timing["cut_in_max_gap"]
                            and before.text.rstrip().endswith(_CLAUSE_BREAK))
-        if (turn.role not in kinds or before.role not in kinds
-                or not (gap <= timing["mono_takeover_max_gap"] or cut_in_at_comma)):
+        if turn.role not in kinds or before.role not in kinds or not (no_pause or cut_in_at_comma):
             continue
         if taken_over is before and turn.start - before.start <= timing["carry_on_gap"]:
             continue  # carrying on under the one who took over
@@ -202,8 +202,8 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
         taken_over = turn
         events.append(Event(
             kind=kind, role=turn.role, start=turn.start, end=turn.start, turn_ids=[before.id, turn.id],
-            detail=(f"agent cut in at the customer's comma pause ({gap:.1f} s)" if gap > timing["mono_takeover_max_gap"]
-                    else f"{turn.role} took over from the {before.role} with no pause")
+            detail=(f"{turn.role} took over from the {before.role} with no pause" if no_pause
+                    else f"agent cut in at the customer's comma pause ({gap:.1f} s)")
                    + " (mono recording: how long both spoke cannot be measured)",
         ))
     return events

@@ -87,15 +87,20 @@ def channel_turns(own: list[Region], other: list[Region], max_gap: float, backch
     other_talk = merge_regions(other, max_gap)
     talk_starts = [start for start, _ in other_talk]
 
+    def talk_at(time: float) -> Region | None:
+        """The other party's talk (regions joined across short pauses) begun by `time`."""
+        i = bisect.bisect_right(talk_starts, time) - 1
+        return other_talk[i] if i >= 0 else None
+
     def under_other(start: float, end: float) -> bool:
-        i = bisect.bisect_right(talk_starts, start) - 1
-        return i >= 0 and other_talk[i][0] < start and other_talk[i][1] > end
+        talk = talk_at(start)
+        return talk is not None and talk[0] < start and talk[1] > end
 
     def took_the_floor(previous: Region, start: float) -> bool:
         """The other party's talk running at `start` began after this speaker's previous
         region did: she has the floor, this speaker is the listener."""
-        i = bisect.bisect_right(talk_starts, start) - 1
-        return i >= 0 and other_talk[i][0] > previous[0]
+        talk = talk_at(start)
+        return talk is not None and talk[0] > previous[0]
 
     def other_finished(after: float, silent_from: float, until: float) -> bool:
         """The other party stopped speaking after `after`: more than a backchannel, or
