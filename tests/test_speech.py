@@ -314,6 +314,35 @@ def test_both_backends_give_near_identical_text():
     assert length > 20 and edits / length <= 0.05, texts
 
 
+SAMPLED_DECODE = """
+import sys
+from pipeline.speech.asr import load_recognizer
+from pipeline.speech.audio import load_audio
+from pipeline.speech.transcribe import load_speech_config
+recognizer = load_recognizer(load_speech_config())
+samples = load_audio(sys.argv[1]).samples[0, : 16000 * 6]
+for _ in range(3):  # what the temperature fallback runs: sampling at temperature 1
+    segments, _ = recognizer.model.transcribe(samples, language="zh", temperature=1.0, best_of=1, beam_size=1,
+                                              vad_filter=False, condition_on_previous_text=False)
+    print("".join(s.text for s in segments))
+"""
+
+
+def test_temperature_fallback_gives_the_same_words_on_every_run():
+    """Sampled decodes (Whisper's fallback when a beam decode fails its checks) are
+    seeded when the recogniser loads: two runs of the same recording agree. Without
+    the seed these three samples of a 6 s greeting differed from run to run."""
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    runs = [subprocess.run([sys.executable, "-c", SAMPLED_DECODE, str(AUDIO / "call_a_stereo_16k.wav")],
+                           capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert len(runs[0].stdout.splitlines()) == 3 and runs[0].stdout == runs[1].stdout
+
+
 @pytest.mark.slow
 def test_quiet_scoring_of_a_recording_prints_nothing(tmp_path):
     """`callqa score --quiet` on a recording: no per-turn progress bar of the speech stage."""

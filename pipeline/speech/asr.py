@@ -63,8 +63,11 @@ class Recognizer(Protocol):
 
 class FasterWhisperRecognizer:
     def __init__(self, model: str, config: dict):
+        import ctranslate2
         from faster_whisper import WhisperModel
 
+        # Before any decode: each decoding thread seeds its sampler once, on first use.
+        ctranslate2.set_random_seed(config["sampling_seed"])
         self.name = f"faster-whisper:{model}:{config['compute_type']}"
         self.config = config
         self.model = WhisperModel(
@@ -106,6 +109,7 @@ class OpenAIWhisperRecognizer:
         import whisper
 
         torch.set_num_threads(config["cpu_threads"])
+        torch.manual_seed(config["sampling_seed"])  # temperature fallback samples
         self.name = f"openai-whisper:{model}"
         self.config = config
         self.model = whisper.load_model(model, device=config["device"])
