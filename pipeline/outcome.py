@@ -28,6 +28,8 @@ import yaml
 from pipeline.model import Call, Outcome, OutcomeSignal, Turn
 from pipeline.normalize import overlap, spoken_text
 
+_SENTENCE = re.compile(r"[^。？！]+[。？！]*")
+
 SENTIMENT_RANK = {"negative": 0, "neutral": 1, "positive": 2}
 # Checked in this order on the customer's last turns: the first that is said decides.
 RESOLUTION_ORDER = ("complaint", "unresolved", "resolved")
@@ -78,8 +80,11 @@ def _signal(kind: str, turns: list[Turn], note: str = "", text: str | None = Non
 
 
 def _said_again(call: Call, settings: dict) -> list[OutcomeSignal]:
-    """Customer turns that restate one of the customer's turns from before the
-    agent's last reply."""
+    """Customer turns (or a sentence of them) that restate one of the customer's
+    turns (or a sentence of it) from before the agent's last reply. Sentences
+    too, not only whole turns: a question asked again inside a longer turn is
+    still asked again, and the answer must not depend on where a recording's
+    turns were cut."""
     found = []
     earlier: list[Turn] = []  # customer turns the agent has since replied to
     pending: list[Turn] = []  # customer turns since the agent last spoke
@@ -91,19 +96,31 @@ def _said_again(call: Call, settings: dict) -> list[OutcomeSignal]:
         if turn.role != "customer":
             continue
         pending.append(turn)
-        spoken = spoken_text(turn.text)
-        if len(spoken) < settings["min_chars"] or settings["confirming"].search(turn.text) \
-                or sum(ch.isdigit() for ch in spoken) * 2 > len(spoken):
-            continue  # short, a yes to a restatement, or a number read out again
-        for before in reversed(earlier):
-            if len(spoken_text(before.text)) < settings["min_chars"]:
-                continue
-            share = overlap(before.text, turn.text)
-            if share >= settings["similarity"]:
-                found.append(_signal("customer_repeat", [turn], f"says again turn {before.id} ({share:.0%} alike)",
-                                     turn.text))
-                break
+        if settings["confirming"].search(turn.text):
+            continue  # a yes to the agent's restatement
+        said = _sentences(turn.text, settings["min_chars"])
+        repeat = next(((before, share) for before in reversed(earlier)
+                       for share in [max((overlap(a, b) for a in said
+                                          for b in _sentences(before.text, settings["min_chars"])), default=0.0)]
+                       if share >= settings["similarity"]), None)
+        if repeat is not None:
+            before, share = repeat
+            found.append(_signal("customer_repeat", [turn], f"says again turn {before.id} ({share:.0%} alike)",
+                                 turn.text))
     return found
+
+
+def _sentences(text: str, min_chars: int) -> list[str]:
+    """The parts of a turn worth comparing, the whole turn and each of its
+    sentences: at least `min_chars` spoken characters and not mostly digits (a
+    number read out again is no repeat)."""
+    kept = []
+    sentences = _SENTENCE.findall(text)
+    for sentence in [text] + (sentences if len(sentences) > 1 else []):
+        spoken = spoken_text(sentence)
+        if len(spoken) >= min_chars and sum(ch.isdigit() for ch in spoken) * 2 <= len(spoken):
+            kept.append(sentence)
+    return kept
 
 
 def _checks_denied(call: Call, settings: dict) -> list[OutcomeSignal]:

@@ -379,6 +379,19 @@ def test_customer_reaction_costs_listening(shipped):
     assert repeated.outcome.customer_repeats == 1 and said_again.outcome.customer_repeats == 1
 
 
+def test_a_question_asked_again_inside_a_longer_turn_is_a_repeat(shipped):
+    """The same question within a longer turn counts as asked again, wherever a
+    recording cut the turns: the customer's first turn alone or with more after it."""
+    question = "那大概要等多久才能处理好？"
+    later = [("agent", "我已经帮您提交了工单"), ("customer", question + "我订的机票航班也取消了，到现在没人通知我。")]
+    alone = shipped(("customer", question), ("agent", "嗯"), ("customer", "我的信用卡被冻结了，现在急着用钱。"), *later)
+    within = shipped(("customer", question + "我的信用卡被冻结了，现在急着用钱。"), *later)
+    new_question = shipped(("customer", question + "我的信用卡被冻结了，现在急着用钱。"), later[0],
+                           ("customer", "那冻结期间的利息怎么算？我订的机票航班也取消了，到现在没人通知我。"))
+    assert alone.outcome.customer_repeats == within.outcome.customer_repeats == 1
+    assert new_question.outcome.customer_repeats == 0
+
+
 def test_interruption_the_customer_reacts_to_weighs_more(shipped):
     turns = [("customer", "我家的空调外机一直在滴水，滴到楼下邻居的窗台上了", 0.0, 6.0),
              ("agent", "那您先把空调关掉吧，我们安排师傅", 4.5, 8.0)]
