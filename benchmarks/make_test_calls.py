@@ -68,6 +68,8 @@ CALL_B = [
     ("agent", "好的，我会帮您记录并在两小时内回复。", ("gap", 0.8)),
 ]
 PAUSE_IN_TURN = 0.3
+# A backchannel starts at least this long after the listener's own last words.
+LISTENER_SILENCE = 0.6
 CALL_C = [
     ("agent", "您好，很高兴为您服务，请问有什么可以帮您？", ("gap", 0.4), None),
     ("customer", ["我上周在你们这里买了一台冰箱，到现在还没有送到，", "打了好几次电话都没人管。"], ("gap", 0.6), None),
@@ -118,7 +120,8 @@ def overlap_call(rng) -> list[tuple]:
     """A random script for `build_call`: a greeting, two or three exchanges, a closing.
     Each agent reply comes after a normal gap, a quick 0.15-0.25 s reply, or cutting
     in 0.7-2.0 s before the customer finished; customer follow-ups may talk over the
-    agent's last 0.7-1.5 s; a backchannel may sit under a long turn of the other party."""
+    agent's last 0.7-1.5 s; a backchannel may sit under a long turn of the other party
+    (once the listener has been silent LISTENER_SILENCE, see place_backchannel)."""
     script = [("agent", str(rng.choice(GREETINGS)), ("gap", 0.4), None)]
     agent = 0
     problems = rng.permutation(len(PROBLEMS))
@@ -208,10 +211,12 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
         pause = np.zeros(int(PAUSE_IN_TURN * RATE), dtype=np.float32)
         clip = np.concatenate([piece for part in parts for piece in (pause, speak(tts, part, role))][1:])
         start = place(placement, turns, cursor)
+        if expected and expected[0] == "backchannel":
+            start, expected = place_backchannel(start, len(clip) / RATE, role, turns)
         end = start + len(clip) / RATE
         channel = agent_channel if role == "agent" else 1 - agent_channel
         turn = {"role": role, "channel": channel, "text": "".join(parts), "start": round(start, 3), "end": round(end, 3)}
-        if expected:
+        if expected and expected[0]:
             turn["expected"] = expected[0]
         turns.append(turn)
         clips.append(clip)
@@ -238,6 +243,17 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
     if any("expected" in t for t in turns):
         truth["backchannels"] = [t for t in turns if t.get("expected") == "backchannel"]
     return channels, truth
+
+
+def place_backchannel(start: float, seconds: float, role: str, turns: list[dict]) -> tuple[float, list]:
+    """A listener says 嗯 after their own words have stopped: the start moves to
+    LISTENER_SILENCE after the listener's last speech. Returns the start and the
+    expectation, which is dropped when the 嗯 then no longer lies within the
+    other party's turn (it is a short reply, not a backchannel)."""
+    own_end = max((t["end"] for t in turns if t["role"] == role), default=0.0)
+    start = max(start, own_end + LISTENER_SILENCE)
+    speaking = [t for t in turns if t["role"] != role and t["start"] < start and start + seconds + 0.2 < t["end"]]
+    return start, ["backchannel" if speaking else None]
 
 
 def planned_overlap(turn: dict, turns: list[dict]) -> dict:
