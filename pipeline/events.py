@@ -21,7 +21,9 @@ In a mono mix the turns never overlap (speaker separation gives one speaker at a
 time), so talking at once is read from how the speaker changed: the other party
 starting with no pause at all (`mono_takeover_max_gap`; the speech stage has moved
 every speaker change to a pause where there was one) took over while the first was
-still speaking. Its length cannot be measured: those events carry no value.
+still speaking. Its length cannot be measured: those events carry no value, and
+start `mono_takeover_lead` (one embedding hop) before the voice change, which lies
+where the first voice gave way rather than where the second began.
 Calls without times get no events. All passes are linear in the number of turns.
 """
 
@@ -200,8 +202,12 @@ def _takeovers(turns: list[Turn], substantive: dict[int, int], settings: dict) -
             continue
         kind = kinds[turn.role]
         taken_over = turn
+        # A takeover's voice change lies where the first voice gave way, after the two
+        # began at once: the event starts one embedding hop before it. A cut-in at a
+        # comma pause starts at the pause.
+        start = max(before.start, turn.start - timing["mono_takeover_lead"]) if no_pause else turn.start
         events.append(Event(
-            kind=kind, role=turn.role, start=turn.start, end=turn.start, turn_ids=[before.id, turn.id],
+            kind=kind, role=turn.role, start=round(start, 3), end=turn.start, turn_ids=[before.id, turn.id],
             detail=(f"{turn.role} took over from the {before.role} with no pause" if no_pause
                     else f"agent cut in at the customer's comma pause ({gap:.1f} s)")
                    + " (mono recording: how long both spoke cannot be measured)",
