@@ -212,7 +212,8 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
         clip = np.concatenate([piece for part in parts for piece in (pause, speak(tts, part, role))][1:])
         start = place(placement, turns, cursor)
         if expected and expected[0] == "backchannel":
-            start, expected = place_backchannel(start, len(clip) / RATE, role, turns)
+            start, under_other = place_backchannel(start, len(clip) / RATE, role, turns)
+            expected = expected if under_other else []
         end = start + len(clip) / RATE
         channel = agent_channel if role == "agent" else 1 - agent_channel
         turn = {"role": role, "channel": channel, "text": "".join(parts), "start": round(start, 3), "end": round(end, 3)}
@@ -245,15 +246,14 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
     return channels, truth
 
 
-def place_backchannel(start: float, seconds: float, role: str, turns: list[dict]) -> tuple[float, list]:
+def place_backchannel(start: float, seconds: float, role: str, turns: list[dict]) -> tuple[float, bool]:
     """A listener says 嗯 after their own words have stopped: the start moves to
-    LISTENER_SILENCE after the listener's last speech. Returns the start and the
-    expectation, which is dropped when the 嗯 then no longer lies within the
-    other party's turn (it is a short reply, not a backchannel)."""
+    LISTENER_SILENCE after the listener's last speech. Returns the start and whether
+    the 嗯 still lies within the other party's turn (if not, it is a short reply,
+    not a backchannel)."""
     own_end = max((t["end"] for t in turns if t["role"] == role), default=0.0)
     start = max(start, own_end + LISTENER_SILENCE)
-    speaking = [t for t in turns if t["role"] != role and t["start"] < start and start + seconds + 0.2 < t["end"]]
-    return start, ["backchannel" if speaking else None]
+    return start, any(t["role"] != role and t["start"] < start and start + seconds + 0.2 < t["end"] for t in turns)
 
 
 def planned_overlap(turn: dict, turns: list[dict]) -> dict:

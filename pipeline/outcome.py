@@ -99,14 +99,13 @@ def _said_again(call: Call, settings: dict) -> list[OutcomeSignal]:
         if settings["confirming"].search(turn.text):
             continue  # a yes to the agent's restatement
         said = _sentences(turn.text, settings["min_chars"])
-        repeat = next(((before, share) for before in reversed(earlier)
-                       for share in [max((overlap(a, b) for a in said
-                                          for b in _sentences(before.text, settings["min_chars"])), default=0.0)]
-                       if share >= settings["similarity"]), None)
-        if repeat is not None:
-            before, share = repeat
-            found.append(_signal("customer_repeat", [turn], f"says again turn {before.id} ({share:.0%} alike)",
-                                 turn.text))
+        for before in reversed(earlier):
+            share = max((overlap(a, b) for a in said for b in _sentences(before.text, settings["min_chars"])),
+                        default=0.0)
+            if share >= settings["similarity"]:
+                found.append(_signal("customer_repeat", [turn], f"says again turn {before.id} ({share:.0%} alike)",
+                                     turn.text))
+                break
     return found
 
 
