@@ -213,11 +213,11 @@ def build_call(tts, script, agent_channel: int, rng) -> tuple[np.ndarray, dict]:
         start = place(placement, turns, cursor)
         if expected and expected[0] == "backchannel":
             start, under_other = place_backchannel(start, len(clip) / RATE, role, turns)
-            expected = expected if under_other else []
+            expected = expected if under_other else [None]
         end = start + len(clip) / RATE
         channel = agent_channel if role == "agent" else 1 - agent_channel
         turn = {"role": role, "channel": channel, "text": "".join(parts), "start": round(start, 3), "end": round(end, 3)}
-        if expected and expected[0]:
+        if expected:
             turn["expected"] = expected[0]
         turns.append(turn)
         clips.append(clip)
