@@ -68,8 +68,10 @@ CALL_B = [
     ("agent", "好的，我会帮您记录并在两小时内回复。", ("gap", 0.8)),
 ]
 PAUSE_IN_TURN = 0.3
-# A backchannel starts at least this long after the listener's own last words.
+# A backchannel starts at least this long after the listener's own last words,
+# and ends at least BACKCHANNEL_INSIDE before the other party's turn does.
 LISTENER_SILENCE = 0.6
+BACKCHANNEL_INSIDE = 0.2
 CALL_C = [
     ("agent", "您好，很高兴为您服务，请问有什么可以帮您？", ("gap", 0.4), None),
     ("customer", ["我上周在你们这里买了一台冰箱，到现在还没有送到，", "打了好几次电话都没人管。"], ("gap", 0.6), None),
@@ -253,7 +255,7 @@ def place_backchannel(start: float, seconds: float, role: str, turns: list[dict]
     not a backchannel)."""
     own_end = max((t["end"] for t in turns if t["role"] == role), default=0.0)
     start = max(start, own_end + LISTENER_SILENCE)
-    return start, any(t["role"] != role and t["start"] < start and start + seconds + 0.2 < t["end"] for t in turns)
+    return start, any(t["role"] != role and t["start"] < start and start + seconds + BACKCHANNEL_INSIDE < t["end"] for t in turns)
 
 
 def planned_overlap(turn: dict, turns: list[dict]) -> dict:

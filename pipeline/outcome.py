@@ -86,8 +86,10 @@ def _said_again(call: Call, settings: dict) -> list[OutcomeSignal]:
     still asked again, and the answer must not depend on where a recording's
     turns were cut."""
     found = []
-    earlier: list[Turn] = []  # customer turns the agent has since replied to
-    pending: list[Turn] = []  # customer turns since the agent last spoke
+    # Customer turns with their comparable parts (split once per turn): those the
+    # agent has since replied to, and those since the agent last spoke.
+    earlier: list[tuple[Turn, list[str]]] = []
+    pending: list[tuple[Turn, list[str]]] = []
     for turn in call.turns:
         if turn.role == "agent":
             earlier = (earlier + pending)[-settings["look_back"]:]
@@ -95,13 +97,12 @@ def _said_again(call: Call, settings: dict) -> list[OutcomeSignal]:
             continue
         if turn.role != "customer":
             continue
-        pending.append(turn)
+        said = _sentences(turn.text, settings["min_chars"])
+        pending.append((turn, said))
         if settings["confirming"].search(turn.text):
             continue  # a yes to the agent's restatement
-        said = _sentences(turn.text, settings["min_chars"])
-        for before in reversed(earlier):
-            share = max((overlap(a, b) for a in said for b in _sentences(before.text, settings["min_chars"])),
-                        default=0.0)
+        for before, before_said in reversed(earlier):
+            share = max((overlap(a, b) for a in said for b in before_said), default=0.0)
             if share >= settings["similarity"]:
                 found.append(_signal("customer_repeat", [turn], f"says again turn {before.id} ({share:.0%} alike)",
                                      turn.text))

@@ -15,7 +15,9 @@ Each recording has its ground truth beside it as JSON.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -332,9 +334,6 @@ def test_temperature_fallback_gives_the_same_words_on_every_run():
     """Sampled decodes (Whisper's fallback when a beam decode fails its checks) are
     seeded when the recogniser loads: two runs of the same recording agree. Without
     the seed these three samples of a 6 s greeting differed from run to run."""
-    import os
-    import sys
-
     root = Path(__file__).resolve().parent.parent
     runs = [subprocess.run([sys.executable, "-c", SAMPLED_DECODE, str(AUDIO / "call_a_stereo_16k.wav")],
                            capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
